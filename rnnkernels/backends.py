@@ -1,0 +1,136 @@
+"""Backend registry: which implementation of the per-layer ops runs a call.
+
+A backend is a name plus, for each cell, a module holding ``<cell>_fwd`` / ``<cell>_bwd`` that keep
+the per-layer op contract (DESIGN.md section 4). The ops in ``ops/<cell>/op.py`` receive the
+backend's name as an argument and call into that module.
+
+Choosing: ``backend=`` on a module or functional call, else ``set_backend(...)`` (also usable as a
+context manager), else the environment variable ``RNNKERNELS_BACKEND``, else ``"auto"``. A named
+backend that cannot run a call raises ``BackendError`` saying why; only ``"auto"`` falls back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+import torch
+
+CELLS = ("lstm", "gru", "indrnn")
+AUTO = "auto"
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for by name and cannot run the call."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    module: str  # module name under rnnkernels.ops.<cell>
+    unavailable: Callable[[], str | None]  # why it cannot run on this machine, or None
+    cannot_run: Callable[[str, torch.Tensor], str | None]  # why not this cell/tensor, or None
+
+
+def _always_available() -> str | None:
+    return None
+
+
+def _runs_anything(cell: str, x: torch.Tensor) -> str | None:
+    return None
+
+
+_REGISTRY: dict[str, Backend] = {
+    "reference": Backend(
+        name="reference",
+        description="pure-torch time loop (ops/<cell>/naive.py); the oracle, any device",
+        module="naive",
+        unavailable=_always_available,
+        cannot_run=_runs_anything,
+    ),
+}
+
+# What "auto" tries, in order, per device type. The reference loop is never chosen silently for
+# a CUDA tensor.
+_AUTO_ORDER = {"cpu": ("cpp", "numba"), "cuda": ("triton",)}
+
+_selected = os.environ.get("RNNKERNELS_BACKEND", AUTO)
+
+
+def backend_names() -> list[str]:
+    """Every backend this package knows, available here or not."""
+    return list(_REGISTRY)
+
+
+def available_backends() -> list[str]:
+    """The backends that can run on this machine."""
+    return [name for name, b in _REGISTRY.items() if b.unavailable() is None]
+
+
+def get_backend() -> str:
+    """The backend name in force when a call does not name one."""
+    return _selected
+
+
+class set_backend:
+    """Select the backend for calls that do not name one: ``set_backend("reference")``, or
+    ``with set_backend("reference"): ...`` to restore the previous choice afterwards."""
+
+    def __init__(self, name: str) -> None:
+        global _selected
+        _check_name(name, "set_backend")
+        self.previous, _selected = _selected, name
+
+    def __enter__(self) -> set_backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _selected
+        _selected = self.previous
+
+
+def resolve(requested: str | None, cell: str, x: torch.Tensor) -> str:
+    """The concrete backend name that runs ``cell`` on tensors like ``x``."""
+    source = "backend argument"
+    if requested is None:
+        requested = _selected
+        source = "set_backend / RNNKERNELS_BACKEND"
+    _check_name(requested, source)
+    if requested != AUTO:
+        why = _why_not(requested, cell, x)
+        if why is not None:
+            raise BackendError(f"backend '{requested}' cannot run this {cell} call: {why}")
+        return requested
+    for name in _AUTO_ORDER.get(x.device.type, ()):
+        if name in _REGISTRY and _why_not(name, cell, x) is None:
+            return name
+    if x.device.type == "cuda":
+        warnings.warn(
+            "rnnkernels: no GPU backend can run this call; using the slow pure-torch "
+            "'reference' backend",
+            stacklevel=3,
+        )
+    return "reference"
+
+
+def kernels(name: str, cell: str) -> ModuleType:
+    """The module holding ``<cell>_fwd`` / ``<cell>_bwd`` for backend ``name``."""
+    return importlib.import_module(f"rnnkernels.ops.{cell}.{_REGISTRY[name].module}")
+
+
+def _why_not(name: str, cell: str, x: torch.Tensor) -> str | None:
+    backend = _REGISTRY[name]
+    return backend.unavailable() or backend.cannot_run(cell, x)
+
+
+def _check_name(name: object, source: str) -> None:
+    if name != AUTO and name not in _REGISTRY:
+        raise ValueError(
+            f"unknown rnnkernels backend {name!r} (from {source}); "
+            f"expected one of {[AUTO, *_REGISTRY]}"
+        )

@@ -1,0 +1,85 @@
+"""torch.library ops for one GRU layer in one direction: forward, backward, fakes, autograd.
+
+The backend is an argument: the op looks up that backend's kernels and calls them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkernels.backends import kernels
+
+
+@torch.library.custom_op("rnnkernels::gru_fwd", mutates_args=())
+def gru_fwd(
+    gx: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    h0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> y [T,B,H], hT [B,H], gates [T,B,3H], hn [T,B,H] (see naive.gru_fwd)."""
+    return kernels(backend, "gru").gru_fwd(gx, w_hh, b_hh, h0, lengths, reverse)
+
+
+@torch.library.custom_op("rnnkernels::gru_bwd", mutates_args=())
+def gru_bwd(
+    grad_y: Tensor,
+    grad_hT: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    h0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    y: Tensor,
+    gates: Tensor,
+    hn: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> d_gx, d_w_hh, d_b_hh ([0] without bias), d_h0."""
+    d_gx, d_w_hh, d_b_hh, d_h0 = kernels(backend, "gru").gru_bwd(
+        grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn
+    )
+    return d_gx, d_w_hh, d_b_hh if d_b_hh is not None else y.new_empty(0), d_h0
+
+
+@gru_fwd.register_fake
+def _(gx, w_hh, b_hh, h0, lengths, reverse, backend):
+    T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
+    return (
+        gx.new_empty(T, B, H),
+        gx.new_empty(B, H),
+        gx.new_empty(T, B, 3 * H),
+        gx.new_empty(T, B, H),
+    )
+
+
+@gru_bwd.register_fake
+def _(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, backend):
+    return (
+        gates.new_empty(gates.shape),
+        w_hh.new_empty(w_hh.shape),
+        b_hh.new_empty(b_hh.shape) if b_hh is not None else y.new_empty(0),
+        h0.new_empty(h0.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    gx, w_hh, b_hh, h0, lengths, reverse, backend = inputs
+    y, hT, gates, hn = output
+    ctx.save_for_backward(w_hh, b_hh, h0, lengths, y, gates, hn)
+    ctx.reverse, ctx.backend = reverse, backend
+
+
+def _backward(ctx, grad_y, grad_hT, grad_gates, grad_hn):
+    w_hh, b_hh, h0, lengths, y, gates, hn = ctx.saved_tensors
+    d_gx, d_w_hh, d_b_hh, d_h0 = gru_bwd(
+        grad_y, grad_hT, w_hh, b_hh, h0, lengths, ctx.reverse, y, gates, hn, ctx.backend
+    )
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None
+
+
+gru_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,71 @@
+"""torch.library ops for one IndRNN layer in one direction: forward, backward, fakes, autograd.
+
+The backend is an argument: the op looks up that backend's kernels and calls them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkernels.backends import kernels
+
+
+@torch.library.custom_op("rnnkernels::indrnn_fwd", mutates_args=())
+def indrnn_fwd(
+    gx: Tensor,
+    u: Tensor,
+    h0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    nonlinearity: str,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """-> y [T,B,H], hT [B,H] (see naive.indrnn_fwd)."""
+    return kernels(backend, "indrnn").indrnn_fwd(gx, u, h0, lengths, reverse, nonlinearity)
+
+
+@torch.library.custom_op("rnnkernels::indrnn_bwd", mutates_args=())
+def indrnn_bwd(
+    grad_y: Tensor,
+    grad_hT: Tensor,
+    u: Tensor,
+    h0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    nonlinearity: str,
+    y: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> d_gx, d_u, d_h0."""
+    return kernels(backend, "indrnn").indrnn_bwd(
+        grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y
+    )
+
+
+@indrnn_fwd.register_fake
+def _(gx, u, h0, lengths, reverse, nonlinearity, backend):
+    return gx.new_empty(gx.shape), h0.new_empty(h0.shape)
+
+
+@indrnn_bwd.register_fake
+def _(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y, backend):
+    return y.new_empty(y.shape), u.new_empty(u.shape), h0.new_empty(h0.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    gx, u, h0, lengths, reverse, nonlinearity, backend = inputs
+    y, hT = output
+    ctx.save_for_backward(u, h0, lengths, y)
+    ctx.reverse, ctx.nonlinearity, ctx.backend = reverse, nonlinearity, backend
+
+
+def _backward(ctx, grad_y, grad_hT):
+    u, h0, lengths, y = ctx.saved_tensors
+    d_gx, d_u, d_h0 = indrnn_bwd(
+        grad_y, grad_hT, u, h0, lengths, ctx.reverse, ctx.nonlinearity, y, ctx.backend
+    )
+    return d_gx, d_u, d_h0, None, None, None, None
+
+
+indrnn_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,91 @@
+"""LSTM layer in plain torch: the oracle every backend is tested against (see README.md here)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps
+
+
+def lstm_fwd(
+    gx: Tensor,  # [T, B, 4H]  x W_ih^T + b_ih + b_hh
+    w_hh: Tensor,  # [4H, R]  R = P with projection, else H
+    w_hr: Tensor | None,  # [P, H]
+    h0: Tensor,  # [B, R]
+    c0: Tensor,  # [B, H]
+    lengths: Tensor | None,  # [B] int64
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns y [T, B, R], hT [B, R], cT [B, H], gates [T, B, 4H] (i, f, g, o after their
+    activations; zero past a sequence's end) and cells [T, B, H] (c after each step, frozen past
+    the end)."""
+    T = gx.shape[0]
+    h, c = h0, c0
+    ys, gates, cells = [None] * T, [None] * T, [None] * T
+    for t in time_steps(T, reverse):
+        valid = step_mask(lengths, t)
+        i, f, g, o = (gx[t] + h @ w_hh.T).chunk(4, 1)
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        c_new = f * c + i * g
+        h_new = o * c_new.tanh()
+        if w_hr is not None:
+            h_new = h_new @ w_hr.T
+        c = keep(valid, c_new, c)
+        h = keep(valid, h_new, h)
+        ys[t] = keep(valid, h_new, 0.0)
+        gates[t] = keep(valid, torch.cat([i, f, g, o], 1), 0.0)
+        cells[t] = c
+    return torch.stack(ys), h.clone(), c.clone(), torch.stack(gates), torch.stack(cells)
+
+
+def lstm_bwd(
+    grad_y: Tensor,  # [T, B, R]
+    grad_hT: Tensor,  # [B, R]
+    grad_cT: Tensor,  # [B, H]
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    y: Tensor,
+    gates: Tensor,
+    cells: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] (None without projection),
+    d_h0 [B, R], d_c0 [B, H]."""
+    T = y.shape[0]
+    dh, dc = grad_hT, grad_cT
+    d_gx = torch.empty_like(gates)
+    d_h = torch.empty_like(y)  # gradient reaching each step's output h (zero where invalid)
+    for t in reversed(time_steps(T, reverse)):
+        valid = step_mask(lengths, t)
+        s = t + 1 if reverse else t - 1
+        c_prev = c0 if s in (-1, T) else cells[s]
+        i, f, g, o = gates[t].chunk(4, 1)
+        tanh_c = cells[t].tanh()
+        dh_t = keep(valid, dh + grad_y[t], 0.0)
+        d_r = dh_t @ w_hr if w_hr is not None else dh_t  # through the projection
+        dc_t = dc + d_r * o * (1 - tanh_c * tanh_c)
+        d_pre = torch.cat(
+            [
+                dc_t * g * i * (1 - i),
+                dc_t * c_prev * f * (1 - f),
+                dc_t * i * (1 - g * g),
+                d_r * tanh_c * o * (1 - o),
+            ],
+            1,
+        )
+        d_pre = keep(valid, d_pre, 0.0)
+        dh = keep(valid, d_pre @ w_hh, dh)
+        dc = keep(valid, dc_t * f, dc)
+        d_gx[t] = d_pre
+        d_h[t] = dh_t
+    h_prev = previous_states(y, h0, lengths, reverse)
+    d_w_hh = d_gx.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hr = None
+    if w_hr is not None:
+        hidden = gates[..., 3 * w_hr.shape[1] :] * cells.tanh()  # o * tanh(c), before projection
+        d_w_hr = d_h.flatten(0, 1).T @ hidden.flatten(0, 1)
+    return d_gx, d_w_hh, d_w_hr, dh, dc

@@ -1,0 +1,93 @@
+"""torch.library ops for one LSTM layer in one direction: forward, backward, fakes, autograd.
+
+The backend is an argument: the op looks up that backend's kernels and calls them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkernels.backends import kernels
+
+
+@torch.library.custom_op("rnnkernels::lstm_fwd", mutates_args=())
+def lstm_fwd(
+    gx: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> y [T,B,R], hT [B,R], cT [B,H], gates [T,B,4H], cells [T,B,H] (see naive.lstm_fwd)."""
+    return kernels(backend, "lstm").lstm_fwd(gx, w_hh, w_hr, h0, c0, lengths, reverse)
+
+
+@torch.library.custom_op("rnnkernels::lstm_bwd", mutates_args=())
+def lstm_bwd(
+    grad_y: Tensor,
+    grad_hT: Tensor,
+    grad_cT: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    y: Tensor,
+    gates: Tensor,
+    cells: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> d_gx, d_w_hh, d_w_hr ([0] without projection), d_h0, d_c0."""
+    d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = kernels(backend, "lstm").lstm_bwd(
+        grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells
+    )
+    return d_gx, d_w_hh, d_w_hr if d_w_hr is not None else y.new_empty(0), d_h0, d_c0
+
+
+@lstm_fwd.register_fake
+def _(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend):
+    T, B, H = gx.shape[0], gx.shape[1], c0.shape[1]
+    R = h0.shape[1]
+    return (
+        gx.new_empty(T, B, R),
+        gx.new_empty(B, R),
+        gx.new_empty(B, H),
+        gx.new_empty(T, B, 4 * H),
+        gx.new_empty(T, B, H),
+    )
+
+
+@lstm_bwd.register_fake
+def _(grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells, backend):
+    return (
+        gates.new_empty(gates.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_hr.new_empty(w_hr.shape) if w_hr is not None else y.new_empty(0),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    gx, w_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
+    y, hT, cT, gates, cells = output
+    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
+    ctx.reverse, ctx.backend = reverse, backend
+
+
+def _backward(ctx, grad_y, grad_hT, grad_cT, grad_gates, grad_cells):
+    w_hh, w_hr, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
+    d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = lstm_bwd(
+        grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, cells,
+        ctx.backend,
+    )  # fmt: skip
+    return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0, None, None, None
+
+
+lstm_fwd.register_autograd(_backward, setup_context=_setup_context)
+

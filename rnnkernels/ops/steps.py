@@ -1,0 +1,45 @@
+"""Time-step bookkeeping shared by the pure-torch oracles of every cell.
+
+A layer runs over a time-major padded batch. Sequence b is valid for t < lengths[b]; past its end
+the state is frozen and the output is zero. A reverse pass visits t = T-1 .. 0, so a sequence that
+ends early simply keeps its initial state until its own last step is reached.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def time_steps(T: int, reverse: bool) -> range:
+    """The order in which the forward pass visits the steps."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def step_mask(lengths: Tensor | None, t: int) -> Tensor | None:
+    """[B, 1] bool: which sequences are valid at step t (None when all are)."""
+    if lengths is None:
+        return None
+    return (lengths > t).unsqueeze(1)
+
+
+def keep(valid: Tensor | None, new: Tensor, old: Tensor | float) -> Tensor:
+    """new where the step is valid, old elsewhere."""
+    if valid is None:
+        return new
+    return torch.where(valid, new, old)
+
+
+def previous_states(y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """[T, B, R]: the recurrent state each valid step started from, rebuilt from y and h0.
+
+    Entries at invalid steps are meaningless (their gradients are zero).
+    """
+    if not reverse:
+        return torch.cat([h0.unsqueeze(0), y[:-1]])
+    shifted = torch.cat([y[1:], h0.unsqueeze(0)])
+    if lengths is None:
+        return shifted
+    T = y.shape[0]
+    next_valid = lengths.unsqueeze(0) > torch.arange(1, T + 1, device=y.device).unsqueeze(1)
+    return torch.where(next_valid.unsqueeze(2), shifted, h0.unsqueeze(0))
