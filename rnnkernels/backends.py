@@ -102,12 +102,12 @@ def resolve(requested: str | None, cell: str, x: torch.Tensor) -> str:
         source = "set_backend / RNNKERNELS_BACKEND"
     _check_name(requested, source)
     if requested != AUTO:
-        why = _why_not(requested, cell, x)
+        why = why_not(requested, cell, x)
         if why is not None:
             raise BackendError(f"backend '{requested}' cannot run this {cell} call: {why}")
         return requested
     for name in _AUTO_ORDER.get(x.device.type, ()):
-        if name in _REGISTRY and _why_not(name, cell, x) is None:
+        if name in _REGISTRY and why_not(name, cell, x) is None:
             return name
     if x.device.type == "cuda":
         warnings.warn(
@@ -123,7 +123,8 @@ def kernels(name: str, cell: str) -> ModuleType:
     return importlib.import_module(f"rnnkernels.ops.{cell}.{_REGISTRY[name].module}")
 
 
-def _why_not(name: str, cell: str, x: torch.Tensor) -> str | None:
+def why_not(name: str, cell: str, x: torch.Tensor) -> str | None:
+    """Why backend ``name`` cannot run ``cell`` on tensors like ``x``; None when it can."""
     backend = _REGISTRY[name]
     return backend.unavailable() or backend.cannot_run(cell, x)
 

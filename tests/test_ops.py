@@ -1,0 +1,133 @@
+"""The per-layer ops: oracle backward vs autograd, opcheck, fp64 gradcheck, unwritten elements."""
+
+import itertools
+
+import pytest
+import torch
+
+from rnnkernels.ops.gru import naive as gru_naive
+from rnnkernels.ops.gru.op import gru_bwd, gru_fwd
+from rnnkernels.ops.indrnn import naive as indrnn_naive
+from rnnkernels.ops.indrnn.op import indrnn_bwd, indrnn_fwd
+from rnnkernels.ops.lstm import naive as lstm_naive
+from rnnkernels.ops.lstm.op import lstm_bwd, lstm_fwd
+from rnnkernels.testing import assert_close, poison_allocations
+
+T, B, H, P = 5, 4, 3, 2
+LENGTHS = [None, torch.tensor([5, 2, 1, 3])]
+
+
+def rand(*shape, dtype=torch.float64, seed=[0]):
+    seed[0] += 1
+    g = torch.Generator().manual_seed(seed[0])
+    return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+
+def lstm_args(proj, lengths, reverse, dtype=torch.float64):
+    R = P if proj else H
+    w_hr = rand(P, H, dtype=dtype) if proj else None
+    return (rand(T, B, 4 * H, dtype=dtype), rand(4 * H, R, dtype=dtype), w_hr,
+            rand(B, R, dtype=dtype), rand(B, H, dtype=dtype), lengths, reverse)  # fmt: skip
+
+
+def gru_args(bias, lengths, reverse, dtype=torch.float64):
+    b_hh = rand(3 * H, dtype=dtype) if bias else None
+    return (rand(T, B, 3 * H, dtype=dtype), rand(3 * H, H, dtype=dtype), b_hh,
+            rand(B, H, dtype=dtype), lengths, reverse)  # fmt: skip
+
+
+def indrnn_args(nonlinearity, lengths, reverse, dtype=torch.float64):
+    return (rand(T, B, H, dtype=dtype), rand(H, dtype=dtype), rand(B, H, dtype=dtype), lengths,
+            reverse, nonlinearity)  # fmt: skip
+
+
+# (name, fwd op, bwd op, oracle fwd, oracle bwd, args factory, variants, differentiable outputs)
+CELLS = {
+    "lstm": (lstm_fwd, lstm_bwd, lstm_naive.lstm_fwd, lstm_naive.lstm_bwd, lstm_args, 3),
+    "gru": (gru_fwd, gru_bwd, gru_naive.gru_fwd, gru_naive.gru_bwd, gru_args, 2),
+    "indrnn": (indrnn_fwd, indrnn_bwd, indrnn_naive.indrnn_fwd, indrnn_naive.indrnn_bwd,
+               indrnn_args, 2),  # fmt: skip
+}
+VARIANTS = {"lstm": [False, True], "gru": [True, False], "indrnn": ["relu", "tanh"]}
+CASES = [
+    (cell, variant, lengths, reverse)
+    for cell in CELLS
+    for variant, lengths, reverse in itertools.product(VARIANTS[cell], LENGTHS, [False, True])
+]
+
+
+def case_id(case):
+    cell, variant, lengths, reverse = case
+    return f"{cell}-{variant}-{'lengths' if lengths is not None else 'full'}-{'rev' if reverse else 'fwd'}"
+
+
+def differentiable(args):
+    return [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_oracle_backward_matches_autograd(case):
+    """naive.<cell>_bwd (the reference backward) against autograd through naive.<cell>_fwd."""
+    cell, variant, lengths, reverse = case
+    _, _, oracle_fwd, oracle_bwd, make_args, n_out = CELLS[cell]
+    args = make_args(variant, lengths, reverse)
+    outputs = oracle_fwd(*args)
+    cotangents = [rand(*o.shape) for o in outputs[:n_out]]
+    expected = torch.autograd.grad(outputs[:n_out], differentiable(args), cotangents)
+    with torch.no_grad():
+        if cell == "indrnn":
+            gx, u, h0, lengths, reverse, nonlinearity = args
+            got = oracle_bwd(*cotangents, u, h0, lengths, reverse, nonlinearity, outputs[0])
+        else:
+            saved = [outputs[0], *outputs[n_out:]]
+            got = oracle_bwd(*cotangents, *args[1:], *saved)
+    got = [g for g in got if g is not None]
+    assert len(got) == len(expected)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, f"gradient {k}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gradcheck_through_op(case, backend):
+    cell, variant, lengths, reverse = case
+    fwd, _, _, _, make_args, n_out = CELLS[cell]
+    args = make_args(variant, lengths, reverse)
+
+    def run(*tensors):
+        it = iter(tensors)
+        full = [next(it) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in args]  # fmt: skip
+        return fwd(*full, backend)[:n_out]
+
+    assert torch.autograd.gradcheck(run, differentiable(args), fast_mode=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_opcheck(case, backend):
+    cell, variant, lengths, reverse = case
+    fwd, bwd, _, _, make_args, n_out = CELLS[cell]
+    args = make_args(variant, lengths, reverse, dtype=torch.float32)
+    torch.library.opcheck(fwd, (*args, backend))
+    outputs = fwd(*args, backend)
+    grads = [torch.randn_like(o) for o in outputs[:n_out]]
+    if cell == "indrnn":
+        gx, u, h0, lengths, reverse, nonlinearity = args
+        bwd_args = (*grads, u, h0, lengths, reverse, nonlinearity, outputs[0])
+    else:
+        bwd_args = (*grads, *args[1:], outputs[0], *outputs[n_out:])
+    torch.library.opcheck(bwd, tuple(a.detach() if isinstance(a, torch.Tensor) else a
+                                     for a in bwd_args) + (backend,))  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_every_output_element_is_written(case, backend):
+    """Fresh allocations are NaN-filled: a NaN in any output means an element was not written."""
+    cell, variant, lengths, reverse = case
+    fwd, _, _, _, make_args, n_out = CELLS[cell]
+    args = make_args(variant, lengths, reverse, dtype=torch.float32)
+    with poison_allocations():
+        outputs = fwd(*args, backend)
+        grads = torch.autograd.grad(outputs[:n_out], differentiable(args),
+                                    [torch.ones_like(o) for o in outputs[:n_out]])  # fmt: skip
+    for k, t in enumerate([*outputs, *grads]):
+        assert not t.isnan().any(), f"tensor {k} has unwritten elements"
