@@ -166,25 +166,35 @@ class _RecurrentBase(nn.Module):
             )
         if hx is None:
             return
-        leading = (self.num_layers * self.num_directions,)
-        for k, (h, size) in enumerate(zip(hx, sizes)):
-            name = f"hidden[{k}]" if len(sizes) > 1 else "hidden"
+        for k, h in enumerate(hx):
             if not isinstance(h, Tensor):
-                raise TypeError(f"{name} must be a Tensor, got {type(h).__name__}")
-            expected = leading + ((size,) if unbatched else (batch, size))
-            if h.dim() != len(expected):
-                kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                raise TypeError(f"{_state_name(k, len(sizes))} must be a Tensor, got {type(h).__name__}")
+        state_dim = 2 if unbatched else 3
+        if any(h.dim() != state_dim for h in hx):
+            kind = "unbatched 2-D" if unbatched else "batched 3-D"
+            ranks = ", ".join(f"{h.dim()}-D" for h in hx)
+            states, got = ("hx and cx", f"({ranks}) tensors") if len(hx) == 2 else ("hx", f"{ranks} tensor")
+            raise RuntimeError(f"For {kind} input, {states} should also be {state_dim}-D but got {got}")
+        for k, (h, size) in enumerate(zip(hx, sizes)):
+            name = _state_name(k, len(sizes))
+            # unbatched states are checked (and reported, as torch does) with their batch of 1
+            h_shape = (h.shape[0], 1, *h.shape[1:]) if unbatched else tuple(h.shape)
+            expected = (self.num_layers * self.num_directions, batch, size)
+            if h_shape != expected:
+                raise RuntimeError(f"Expected {name} size {expected}, got {list(h_shape)}")
+            if h.device != data.device:
                 raise RuntimeError(
-                    f"For {kind} input, {name} should also be {len(expected)}-D "
-                    f"but got {h.dim()}-D tensor"
+                    "Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{data.device} and hidden tensor at {h.device}"
                 )
-            if tuple(h.shape) != expected:
-                raise RuntimeError(f"Expected {name} size {expected}, got {list(h.shape)}")
-            if h.dtype != data.dtype or h.device != data.device:
+            if h.dtype != data.dtype:
                 raise ValueError(
-                    f"{name} must have the input's dtype and device ({data.dtype}, "
-                    f"{data.device}), got ({h.dtype}, {h.device})"
+                    f"{name} dtype ({h.dtype}) does not match input dtype ({data.dtype})"
                 )
+
+
+def _state_name(k: int, count: int) -> str:
+    return f"hidden[{k}]" if count > 1 else "hidden"
 
 
 class LSTM(_RecurrentBase):
@@ -193,13 +203,34 @@ class LSTM(_RecurrentBase):
 
     mode = "LSTM"
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype, backend,
+        )  # fmt: skip
+
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
-        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+        if hx is not None and not isinstance(hx, (tuple, list)):
             raise TypeError(
                 f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
             )
+        if hx is not None and len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         self._check_forward_args(input, hx, (real_hidden, self.hidden_size))
         return functional.lstm(
@@ -215,12 +246,28 @@ class GRU(_RecurrentBase):
 
     mode = "GRU"
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        backend: str | None = None,
+        **kwargs,
+    ) -> None:
         if "proj_size" in kwargs:
-            raise ValueError(
-                "proj_size argument is only supported for LSTM, not RNN or GRU"
-            )
-        super().__init__(*args, **kwargs)
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"GRU got unexpected keyword arguments {sorted(kwargs)}")
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            0, device, dtype, backend,
+        )  # fmt: skip
 
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
@@ -326,13 +373,13 @@ def _check_config(
     for name, value in (("bias", bias), ("batch_first", batch_first)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not isinstance(value, int) or isinstance(value, bool):
+    for name, value in (
+        ("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)
+    ):  # fmt: skip
+        if not isinstance(value, int):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
         if value <= 0:
             raise ValueError(f"{name} must be greater than zero")
-    if not isinstance(num_layers, int) or num_layers <= 0:
-        raise ValueError("num_layers must be greater than zero")
     if not isinstance(proj_size, int) or proj_size < 0:
         raise ValueError("proj_size should be a positive integer or zero to disable projections")
     if proj_size >= hidden_size:
