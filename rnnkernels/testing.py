@@ -53,7 +53,7 @@ class EagerIndRNN(nn.Module):
         if isinstance(input, PackedSequence):
             raise TypeError("EagerIndRNN takes padded input only")
         x = input.transpose(0, 1) if m.batch_first else input
-        T, B = x.shape[:2]
+        B = x.shape[1]
         D = m.num_directions
         if hx is None:
             hx = x.new_zeros(m.num_layers * D, B, m.hidden_size)
@@ -72,8 +72,9 @@ class EagerIndRNN(nn.Module):
                     pre = pre + getattr(m, f"bias_hh_l{layer}{suffix}")
                 h = hx[layer * D + d]
                 ys = []
-                for t in range(T - 1, -1, -1) if d else range(T):
-                    h = act(pre[t] + u * h)
+                steps = pre.unbind(0)  # pre[t] would cost a full [T,B,H] zero tensor in backward
+                for pre_t in reversed(steps) if d else steps:
+                    h = act(pre_t + u * h)
                     ys.append(h)
                 outputs.append(torch.stack(ys[::-1] if d else ys))
                 finals.append(h)
