@@ -39,8 +39,12 @@ def test_bench_main_smoke(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert {"cpu", "cores", "torch", "threads", "gemm_gflops"} <= set(result["machine"])
     rows = result["rows"]
-    expected = {(s.cell, s.label, m, p) for s in bench.PRESETS["tiny"] for m in bench.MODES
-                for p in PROVIDERS}
+    expected = {
+        (s.cell, s.label, m, p)
+        for s in bench.PRESETS["tiny"]
+        for m in bench.MODES
+        for p in PROVIDERS
+    }
     assert {(r["cell"], r["shape"], r["mode"], r["provider"]) for r in rows} == expected
     for r in rows:
         if r["note"] is None:  # skipped (BackendError) rows carry a note instead of times

@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 import torch
 
@@ -45,6 +45,35 @@ def _runs_anything(cell: str, x: torch.Tensor) -> str | None:
     return None
 
 
+_extension_error: list[str | None] = []  # filled on first use: the import error, or None
+
+
+def _extension_missing() -> str | None:
+    if not _extension_error:
+        try:
+            importlib.import_module("rnnkernels._C")
+            _extension_error.append(None)
+        except ImportError as e:
+            _extension_error.append(
+                f"the C++ extension rnnkernels._C is not importable ({e}); build it with "
+                "pip install --no-build-isolation -e ."
+            )
+    return _extension_error[0]
+
+
+_CPP_CELLS = ("indrnn",)  # the LSTM and GRU C++ kernels are issue #3
+
+
+def _cpp_cannot_run(cell: str, x: torch.Tensor) -> str | None:
+    if cell not in _CPP_CELLS:
+        return f"this build has C++ kernels for {', '.join(_CPP_CELLS)} only, not {cell}"
+    if x.device.type != "cpu":
+        return f"it runs on CPU tensors, got a {x.device.type} tensor"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"it supports float32 and float64, got {x.dtype}"
+    return None
+
+
 _REGISTRY: dict[str, Backend] = {
     "reference": Backend(
         name="reference",
@@ -52,6 +81,13 @@ _REGISTRY: dict[str, Backend] = {
         module="naive",
         unavailable=_always_available,
         cannot_run=_runs_anything,
+    ),
+    "cpp": Backend(
+        name="cpp",
+        description="compiled C++ CPU kernels (csrc/), fp32/fp64",
+        module="cpp",
+        unavailable=_extension_missing,
+        cannot_run=_cpp_cannot_run,
     ),
 }
 

@@ -175,8 +175,9 @@ def build_case(shape: Shape, dtype, backends: list[str], seed: int = 0):
     if shape.packed:
         p = pack_padded_sequence(x, torch.tensor(shape.lengths()), enforce_sorted=False)
         # Rebuilt around a leaf so backward ends at the packed data (no graph kept between reps).
-        x = PackedSequence(p.data.requires_grad_(), p.batch_sizes, p.sorted_indices,
-                           p.unsorted_indices)
+        x = PackedSequence(
+            p.data.requires_grad_(), p.batch_sizes, p.sorted_indices, p.unsorted_indices
+        )
     else:
         x.requires_grad_()
     return modules, x
@@ -235,8 +236,9 @@ def progress(total: int):
         from rich.progress import Progress
     except ImportError:
         count = iter(range(1, total + 1))
-        return (lambda what: print(f"[{next(count)}/{total}] {what}", file=sys.stderr,
-                                   flush=True)), (lambda: None)
+        return (
+            lambda what: print(f"[{next(count)}/{total}] {what}", file=sys.stderr, flush=True)
+        ), (lambda: None)
     bar = Progress(console=Console(stderr=True), transient=True)
     task = bar.add_task("", total=total)
     bar.start()
@@ -251,13 +253,25 @@ def _fmt(row: dict) -> list[str]:
     if row["ms"] is None:
         return [*head, "-", "-", "-", "skipped"]
     speedup = "-" if row["speedup"] is None else f"{row['speedup']:.2f}x"
-    return [*head, f"{row['ms']:.2f}", speedup, _sig(row["gflops"]),
-            _sig(100 * row["gemm_fraction"])]
+    return [
+        *head,
+        f"{row['ms']:.2f}",
+        speedup,
+        _sig(row["gflops"]),
+        _sig(100 * row["gemm_fraction"]),
+    ]
 
 
 def _sig(v: float) -> str:
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 0.01 else (
-        f"{v:.1e}")
+    return (
+        f"{v:.0f}"
+        if v >= 100
+        else f"{v:.1f}"
+        if v >= 10
+        else f"{v:.2f}"
+        if v >= 0.01
+        else (f"{v:.1e}")
+    )
 
 
 def print_table(rows: list[dict], title: str) -> None:
@@ -276,8 +290,12 @@ def print_table(rows: list[dict], title: str) -> None:
         widths = [max(len(x) for x in col) for col in zip(COLUMNS, *cells, strict=True)]
         print(title)
         for line in [list(COLUMNS), *cells]:
-            print("  ".join(x.rjust(w) if i >= 4 else x.ljust(w)
-                            for i, (x, w) in enumerate(zip(line, widths, strict=True))))
+            print(
+                "  ".join(
+                    x.rjust(w) if i >= 4 else x.ljust(w)
+                    for i, (x, w) in enumerate(zip(line, widths, strict=True))
+                )
+            )
     for r in rows:
         if r["note"]:
             print(f"note: {r['cell']} {r['shape']} {r['mode']} {r['provider']}: {r['note']}")
@@ -290,8 +308,10 @@ def _choices(allowed, what: str, known=()):
         if bad or not items:
             kind = "unavailable here" if bad and all(t in known for t in bad) else "unknown"
             raise argparse.ArgumentTypeError(
-                f"{kind} {what} {','.join(bad) or repr(text)}; choose from {','.join(allowed)}")
+                f"{kind} {what} {','.join(bad) or repr(text)}; choose from {','.join(allowed)}"
+            )
         return items
+
     return parse
 
 
@@ -299,18 +319,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     import rnnkernels
 
     available = rnnkernels.available_backends()
-    p = argparse.ArgumentParser(prog="python -m rnnkernels.bench", description=__doc__.split(
-        "\n")[0].split(": ", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="default", choices=sorted(PRESETS),
-                   help="shape preset (default: %(default)s; issue3 = the full CPU grid)")
-    p.add_argument("--cells", type=_choices(CELLS, "cell"), default=list(CELLS),
-                   help="comma list of lstm,gru,indrnn (default: all)")
+    p = argparse.ArgumentParser(
+        prog="python -m rnnkernels.bench",
+        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shapes",
+        default="default",
+        choices=sorted(PRESETS),
+        help="shape preset (default: %(default)s; issue3 = the full CPU grid)",
+    )
+    p.add_argument(
+        "--cells",
+        type=_choices(CELLS, "cell"),
+        default=list(CELLS),
+        help="comma list of lstm,gru,indrnn (default: all)",
+    )
     known = rnnkernels.backend_names()
-    p.add_argument("--backends", type=_choices(available, "backend", known), default=available,
-                   help=f"comma list of backends to time against torch (available here: "
-                        f"{','.join(available)}; default: all)")
-    p.add_argument("--modes", type=_choices(MODES, "mode"), default=list(MODES),
-                   help="comma list of fwd,fwdbwd (default: both)")
+    p.add_argument(
+        "--backends",
+        type=_choices(available, "backend", known),
+        default=available,
+        help=f"comma list of backends to time against torch (available here: "
+        f"{','.join(available)}; default: all)",
+    )
+    p.add_argument(
+        "--modes",
+        type=_choices(MODES, "mode"),
+        default=list(MODES),
+        help="comma list of fwd,fwdbwd (default: both)",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--reps", type=int, help="timed repetitions per provider (default: per shape)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider (default 1)")
@@ -340,12 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     rate = gemm_rate(dtype)
     machine["gemm_gflops"] = rate / 1e9
     machine["gemm_dtype"] = args.dtype
-    print(f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"{machine['threads']} threads; 2048^3 {args.dtype} matmul: {rate / 1e9:.1f} GFLOP/s",
-          file=sys.stderr)
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"{machine['threads']} threads; 2048^3 {args.dtype} matmul: {rate / 1e9:.1f} GFLOP/s",
+        file=sys.stderr,
+    )
     if (machine["loadavg"] or 0) > 1.0:
-        print(f"warning: load average {machine['loadavg']:.1f} before the run; other work on "
-              "this machine makes timings noisy", file=sys.stderr)
+        print(
+            f"warning: load average {machine['loadavg']:.1f} before the run; other work on "
+            "this machine makes timings noisy",
+            file=sys.stderr,
+        )
 
     rows, start = [], time.perf_counter()
     step, done = progress(len(shapes) * len(args.modes))
@@ -358,10 +402,20 @@ def main(argv: list[str] | None = None) -> int:
             ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
             flops = cell_flops(shape, mode)
             for name in modules:
-                row = dict(cell=shape.cell, shape=shape.label, mode=mode, provider=name,
-                           params=asdict(shape), flops=flops, ms=ms.get(name),
-                           times_ms=[1e3 * t for t in times.get(name, [])],
-                           speedup=None, gflops=None, gemm_fraction=None, note=notes.get(name))
+                row = dict(
+                    cell=shape.cell,
+                    shape=shape.label,
+                    mode=mode,
+                    provider=name,
+                    params=asdict(shape),
+                    flops=flops,
+                    ms=ms.get(name),
+                    times_ms=[1e3 * t for t in times.get(name, [])],
+                    speedup=None,
+                    gflops=None,
+                    gemm_fraction=None,
+                    note=notes.get(name),
+                )
                 if name in ms:
                     row["speedup"] = ms["torch"] / ms[name] if "torch" in ms else None
                     row["gflops"] = flops / ms[name] / 1e6
@@ -370,9 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     done()
     elapsed = time.perf_counter() - start
 
-    print_table(rows, f"rnnkernels.bench --shapes {args.shapes} ({args.dtype}, "
-                      f"{machine['threads']} threads, GEMM {rate / 1e9:.1f} GFLOP/s; "
-                      f"speedup = torch ms / provider ms)")
+    print_table(
+        rows,
+        f"rnnkernels.bench --shapes {args.shapes} ({args.dtype}, "
+        f"{machine['threads']} threads, GEMM {rate / 1e9:.1f} GFLOP/s; "
+        f"speedup = torch ms / provider ms)",
+    )
     print(f"timed in {elapsed:.1f} s", file=sys.stderr)
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}

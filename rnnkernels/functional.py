@@ -141,7 +141,7 @@ def _stack(
     states, each [num_layers * D, B, size] (or [num_layers * D, size] for unbatched input)."""
     x, lengths, unbatched = _to_time_major(input, batch_first)
     D = 2 if bidirectional else 1
-    T, B = x.shape[0], x.shape[1]
+    B = x.shape[1]
     if hx is None:
         hx = tuple(x.new_zeros(num_layers * D, B, size) for size in state_sizes)
     elif unbatched:

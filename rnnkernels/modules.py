@@ -168,13 +168,19 @@ class _RecurrentBase(nn.Module):
             return
         for k, h in enumerate(hx):
             if not isinstance(h, Tensor):
-                raise TypeError(f"{_state_name(k, len(sizes))} must be a Tensor, got {type(h).__name__}")
+                raise TypeError(
+                    f"{_state_name(k, len(sizes))} must be a Tensor, got {type(h).__name__}"
+                )
         state_dim = 2 if unbatched else 3
         if any(h.dim() != state_dim for h in hx):
             kind = "unbatched 2-D" if unbatched else "batched 3-D"
             ranks = ", ".join(f"{h.dim()}-D" for h in hx)
-            states, got = ("hx and cx", f"({ranks}) tensors") if len(hx) == 2 else ("hx", f"{ranks} tensor")
-            raise RuntimeError(f"For {kind} input, {states} should also be {state_dim}-D but got {got}")
+            states, got = (
+                ("hx and cx", f"({ranks}) tensors") if len(hx) == 2 else ("hx", f"{ranks} tensor")
+            )
+            raise RuntimeError(
+                f"For {kind} input, {states} should also be {state_dim}-D but got {got}"
+            )
         for k, (h, size) in enumerate(zip(hx, sizes)):
             name = _state_name(k, len(sizes))
             # unbatched states are checked (and reported, as torch does) with their batch of 1
@@ -307,7 +313,9 @@ class IndRNN(_RecurrentBase):
         backend: str | None = None,
     ) -> None:
         if nonlinearity not in ("relu", "tanh"):
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
         if recurrent_max_abs is not None and not recurrent_max_abs > 0:
             raise ValueError(f"recurrent_max_abs must be positive, got {recurrent_max_abs}")
         self.nonlinearity = nonlinearity

@@ -33,8 +33,10 @@ def torch_twin(module: LSTM | GRU | IndRNN) -> nn.Module:
         device=module.weight_ih_l0.device,
         dtype=module.weight_ih_l0.dtype,
     )
-    twin = nn.LSTM(proj_size=module.proj_size, **config) if isinstance(module, LSTM) else (
-        nn.GRU(**config)
+    twin = (
+        nn.LSTM(proj_size=module.proj_size, **config)
+        if isinstance(module, LSTM)
+        else (nn.GRU(**config))
     )
     twin.load_state_dict(module.state_dict())
     return twin.train(module.training)
@@ -84,6 +86,17 @@ class EagerIndRNN(nn.Module):
         return (x.transpose(0, 1) if m.batch_first else x), torch.stack(finals)
 
 
+def needs(backend: str, cell: str, dtype: torch.dtype = torch.float32) -> None:
+    """Skips the calling test when ``backend`` cannot run ``cell`` here, saying why."""
+    import pytest
+
+    from rnnkernels.backends import why_not
+
+    why = why_not(backend, cell, torch.empty(0, dtype=dtype))
+    if why is not None:
+        pytest.skip(f"backend {backend!r}: {why}")
+
+
 def assert_close(actual: Tensor, expected: Tensor, what: str = "") -> None:
     """Compares within the tolerance of ``expected``'s dtype (TOLERANCES)."""
     atol, rtol = TOLERANCES[expected.dtype]
@@ -112,22 +125,21 @@ def outputs_and_grads(
 
 
 class poison_allocations:
-    """Within this context, torch.empty / empty_like / Tensor.new_empty return NaN-filled
-    floating-point tensors, so an element a kernel forgets to write shows up as NaN."""
+    """Within this context every fresh floating-point allocation (torch.empty and friends, in
+    Python or C++) is NaN-filled, so an element a kernel forgets to write shows up as NaN.
+    This is torch's deterministic mode, which fills uninitialised memory."""
 
     def __enter__(self) -> poison_allocations:
-        self.saved = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-        def poisoned(make):
-            def allocate(*args, **kwargs):
-                t = make(*args, **kwargs)
-                return t.fill_(float("nan")) if t.is_floating_point() else t
-
-            return allocate
-
-        torch.empty, torch.empty_like = poisoned(torch.empty), poisoned(torch.empty_like)
-        torch.Tensor.new_empty = poisoned(torch.Tensor.new_empty)
+        self.saved = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.utils.deterministic.fill_uninitialized_memory,
+        )
+        torch.use_deterministic_algorithms(True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        torch.empty, torch.empty_like, torch.Tensor.new_empty = self.saved
+        enabled, warn_only, fill = self.saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill

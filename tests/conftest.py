@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=["reference"])
+@pytest.fixture(params=["reference", "cpp"])
 def backend(request):
     """Every backend that runs here is a test parameter (added as backends land)."""
     if request.param not in __import__("rnnkernels").available_backends():

@@ -81,9 +81,13 @@ def test_named_backend_that_cannot_run_says_why(monkeypatch):
         cannot_run=lambda cell, x: None if cell == "indrnn" and x.is_cuda else "needs CUDA",
     )
     monkeypatch.setitem(backends._REGISTRY, "picky", picky)
-    with pytest.raises(rnnkernels.BackendError, match="backend 'picky' cannot run this lstm call: needs CUDA"):
+    with pytest.raises(
+        rnnkernels.BackendError, match="backend 'picky' cannot run this lstm call: needs CUDA"
+    ):
         rnnkernels.LSTM(2, 3, backend="picky")(torch.randn(4, 1, 2))
-    broken = backends.Backend("broken", "", "naive", lambda: "its library did not load", lambda c, x: None)
+    broken = backends.Backend(
+        "broken", "", "naive", lambda: "its library did not load", lambda c, x: None
+    )
     monkeypatch.setitem(backends._REGISTRY, "broken", broken)
     assert "broken" not in rnnkernels.available_backends()
     with pytest.raises(rnnkernels.BackendError, match="its library did not load"):

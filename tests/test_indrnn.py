@@ -7,20 +7,25 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkernels
-from rnnkernels.testing import EagerIndRNN, assert_close, outputs_and_grads
+from rnnkernels.testing import EagerIndRNN, assert_close, needs, outputs_and_grads
 
 I, H, T, B = 3, 5, 7, 4
 
 
 @pytest.mark.parametrize(
     "nonlinearity,num_layers,bidirectional,batch_first,bias,with_hx,max_abs",
-    [(*flags, m) for flags in itertools.product(["relu", "tanh"], [1, 2], [False, True],
-                                                [False, True], [True, False], [False, True])
-     for m in ([None, 0.5] if flags[0] == "relu" else [None])],  # fmt: skip
+    [
+        (*flags, m)
+        for flags in itertools.product(
+            ["relu", "tanh"], [1, 2], [False, True], [False, True], [True, False], [False, True]
+        )
+        for m in ([None, 0.5] if flags[0] == "relu" else [None])
+    ],  # fmt: skip
 )
 def test_indrnn_matches_eager_loop(
     backend, nonlinearity, num_layers, bidirectional, batch_first, bias, with_hx, max_abs
 ):
+    needs(backend, "indrnn")
     torch.manual_seed(0)
     m = rnnkernels.IndRNN(I, H, num_layers, nonlinearity, bias, batch_first, 0.0, bidirectional,
                           recurrent_max_abs=max_abs, backend=backend)  # fmt: skip
@@ -40,6 +45,7 @@ def test_indrnn_matches_eager_loop(
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
 def test_packed_indrnn_matches_each_sequence_alone(backend, bidirectional, nonlinearity):
+    needs(backend, "indrnn")
     torch.manual_seed(0)
     m = rnnkernels.IndRNN(I, H, 2, nonlinearity, bidirectional=bidirectional, backend=backend)
     seqs = [torch.randn(n, I, requires_grad=True) for n in [3, 7, 1, 5, 7, 2]]
@@ -59,6 +65,7 @@ def test_packed_indrnn_matches_each_sequence_alone(backend, bidirectional, nonli
 
 @pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
 def test_indrnn_module_gradcheck(backend, nonlinearity):
+    needs(backend, "indrnn", torch.float64)
     torch.manual_seed(0)
     m = rnnkernels.IndRNN(2, 3, 2, nonlinearity, bidirectional=True, recurrent_max_abs=0.9,
                           dtype=torch.float64, backend=backend)  # fmt: skip

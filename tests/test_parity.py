@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkernels
-from rnnkernels.testing import assert_close, outputs_and_grads, torch_twin
+from rnnkernels.testing import assert_close, needs, outputs_and_grads, torch_twin
 
 I, H, P = 3, 5, 2
 T, B = 6, 6
@@ -55,12 +55,6 @@ def check_against_torch(module, x, hx):
     names += [n for n, _ in module.named_parameters()]
     for name, a, b in zip(names, ours_grads, ref_grads):
         assert_close(a, b, f"gradient of {name}")
-
-
-def needs(backend, cell):
-    why = rnnkernels.backends.why_not(backend, cell, torch.empty(0))
-    if why is not None:
-        pytest.skip(f"backend {backend!r}: {why}")
 
 
 @pytest.mark.parametrize("proj_size", [0, P])

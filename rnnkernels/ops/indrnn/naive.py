@@ -54,4 +54,3 @@ def indrnn_bwd(
         d_gx[t] = d_pre
     d_u = (d_gx * previous_states(y, h0, lengths, reverse)).sum((0, 1))
     return d_gx, d_u, dh
-

@@ -90,4 +90,3 @@ def _backward(ctx, grad_y, grad_hT, grad_cT, grad_gates, grad_cells):
 
 
 lstm_fwd.register_autograd(_backward, setup_context=_setup_context)
-

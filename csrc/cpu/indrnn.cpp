@@ -1,0 +1,274 @@
+// IndRNN layer forward/backward on CPU. See include/rnnkernels/indrnn.h for the contract.
+//
+// The recurrence is independent per (b, h), so each element's whole time loop runs in one thread:
+// h innermost (vectorised), batch rows, then time; blocks of (b, h) spread over threads with
+// at::parallel_for.
+#include <rnnkernels/indrnn.h>
+
+#include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define RNNKERNELS_HAVE_MXCSR 1
+#endif
+
+namespace rnnkernels {
+inline namespace v0 {
+namespace {
+
+enum class Act { relu, tanh };
+
+// Gradients decaying through |u| < 1 turn denormal and slow the loop ~100x: flush them to zero
+// in this thread while the kernel runs, then restore the caller's mode.
+struct FlushDenormals {
+#ifdef RNNKERNELS_HAVE_MXCSR
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // FTZ (bit 15) | DAZ (bit 6)
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+Act parse_act(std::string_view nonlinearity) {
+  if (nonlinearity == "relu") return Act::relu;
+  if (nonlinearity == "tanh") return Act::tanh;
+  TORCH_CHECK(false, "rnnkernels indrnn: nonlinearity must be 'relu' or 'tanh', got '",
+              std::string(nonlinearity), "'");
+}
+
+// relu that propagates NaN as torch.relu does (NaN <= 0 is false).
+template <typename scalar_t>
+inline scalar_t relu(scalar_t x) {
+  return x <= scalar_t(0) ? scalar_t(0) : x;
+}
+
+// float tanh as a branch-free rational function (Eigen's coefficients, |error| < 4e-7) so the step
+// loop vectorises: glibc's tanhf is a scalar call of ~40 ns here. NaN passes every comparison.
+inline float tanh_(float x) {
+  constexpr float clamp = 7.90531110763549805f;  // beyond it p/q is 1 to float precision
+  const float xc = x > clamp ? clamp : (x < -clamp ? -clamp : x), x2 = xc * xc;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  const float r = xc * p / q;  // computed unconditionally so the select if-converts
+  return std::fabs(x) < 0.0004f ? x : r;
+}
+inline double tanh_(double x) { return std::tanh(x); }  // fp64 keeps libm's accuracy
+
+// One step of n units: h = act(gx + u * h); y = h.  Plain function + restrict so GCC vectorises.
+template <typename scalar_t, Act act>
+void step_fwd(const scalar_t* __restrict__ gx, const scalar_t* __restrict__ u,
+              scalar_t* __restrict__ h, scalar_t* __restrict__ y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t pre = gx[i] + u[i] * h[i];
+    const scalar_t v = act == Act::relu ? relu(pre) : tanh_(pre);
+    h[i] = v;
+    y[i] = v;
+  }
+}
+
+// One backward step of n units; dh holds dL/dh_t on entry and dL/dh_{t-1} on exit.
+template <typename scalar_t, Act act>
+void step_bwd(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ y,
+              const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ u,
+              scalar_t* __restrict__ dh, scalar_t* __restrict__ d_gx, double* __restrict__ d_u,
+              int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t g = dh[i] + grad_y[i];
+    const scalar_t d_pre = act == Act::relu ? g * scalar_t(y[i] > scalar_t(0))
+                                            : g * (scalar_t(1) - y[i] * y[i]);
+    d_gx[i] = d_pre;
+    d_u[i] += double(d_pre) * double(h_prev[i]);
+    dh[i] = d_pre * u[i];
+  }
+}
+
+// Valid steps per sequence, clipped to [0, T].
+std::vector<int64_t> valid_lengths(const std::optional<at::Tensor>& lengths, int64_t T,
+                                   int64_t B) {
+  std::vector<int64_t> len(B, T);
+  if (lengths.has_value() && lengths->defined()) {
+    const at::Tensor l = lengths->contiguous();
+    TORCH_CHECK(l.scalar_type() == at::kLong && l.dim() == 1 && l.size(0) == B,
+                "rnnkernels indrnn: lengths must be int64 [B=", B, "], got ", l.scalar_type(),
+                " ", l.sizes());
+    TORCH_CHECK(l.device().is_cpu(), "rnnkernels indrnn: lengths must be on the CPU");
+    const int64_t* p = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) len[b] = std::clamp<int64_t>(p[b], 0, T);
+  }
+  return len;
+}
+
+// Work split: an item is a block of sequences x a chunk of hidden units, and it runs the whole time
+// loop for them. Several rows per item keep each step's reads contiguous (a lone 512-byte row per
+// step, 16 KB apart, stalls on cache misses); enough items keep every thread busy.
+struct Split {
+  int64_t h_chunk, h_chunks, rows, row_blocks;
+  Split(int64_t B, int64_t H) {
+    h_chunk = H <= 1024 ? H : 512;
+    h_chunks = (H + h_chunk - 1) / h_chunk;
+    const int64_t threads = at::get_num_threads();
+    const int64_t balanced = (B * h_chunks + 4 * threads - 1) / (4 * threads);  // ~4 items/thread
+    rows = std::clamp<int64_t>(balanced, 1, std::max<int64_t>(1, 4096 / h_chunk));
+    row_blocks = (B + rows - 1) / rows;
+  }
+  int64_t items() const { return row_blocks * h_chunks; }
+};
+
+template <typename scalar_t, Act act>
+void fwd_kernel(const scalar_t* gx, const scalar_t* u, const scalar_t* h0,
+                const std::vector<int64_t>& len, bool reverse, scalar_t* y, scalar_t* hT,
+                int64_t T, int64_t B, int64_t H) {
+  const Split split(B, H);
+  at::parallel_for(0, split.items(), 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;  // per thread: parallel_for may run this on a pool thread
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b_begin = (item / split.h_chunks) * split.rows;
+      const int64_t b_end = std::min(B, b_begin + split.rows);
+      const int64_t h_begin = (item % split.h_chunks) * split.h_chunk;
+      const int64_t n = std::min(split.h_chunk, H - h_begin);
+      for (int64_t b = b_begin; b < b_end; ++b)  // running state lives in hT
+        std::memcpy(hT + b * H + h_begin, h0 + b * H + h_begin, n * sizeof(scalar_t));
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          const int64_t row = b * H + h_begin, at = t * B * H + row;
+          if (t < len[b])
+            step_fwd<scalar_t, act>(gx + at, u + h_begin, hT + row, y + at, n);
+          else
+            std::fill_n(y + at, n, scalar_t(0));  // past the end: y is 0, state frozen
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, Act act>
+void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t* u,
+                const scalar_t* h0, const std::vector<int64_t>& len, bool reverse,
+                const scalar_t* y, scalar_t* d_gx, scalar_t* d_u, scalar_t* d_h0, int64_t T,
+                int64_t B, int64_t H) {
+  const Split split(B, H);
+  std::vector<double> d_u_rows(B * H, 0.0);  // [B,H] per-sequence partial sums of d_u
+  at::parallel_for(0, split.items(), 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b_begin = (item / split.h_chunks) * split.rows;
+      const int64_t b_end = std::min(B, b_begin + split.rows);
+      const int64_t h_begin = (item % split.h_chunks) * split.h_chunk;
+      const int64_t n = std::min(split.h_chunk, H - h_begin);
+      for (int64_t b = b_begin; b < b_end; ++b)  // running dL/dh lives in d_h0
+        std::memcpy(d_h0 + b * H + h_begin, grad_hT + b * H + h_begin, n * sizeof(scalar_t));
+      for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
+        const int64_t t = reverse ? T - 1 - s : s;
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          const int64_t row = b * H + h_begin, at = t * B * H + row;
+          if (t >= len[b]) {
+            std::fill_n(d_gx + at, n, scalar_t(0));
+            continue;
+          }
+          const bool first = reverse ? t == len[b] - 1 : t == 0;  // this sequence's first step
+          const scalar_t* h_prev = first ? h0 + row : y + (reverse ? at + B * H : at - B * H);
+          step_bwd<scalar_t, act>(grad_y + at, y + at, h_prev, u + h_begin, d_h0 + row,
+                                  d_gx + at, d_u_rows.data() + row, n);
+        }
+      }
+    }
+  });
+  // d_u = sum over b in a fixed order: deterministic for any thread count.
+  std::vector<double> total(H, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) total[h] += d_u_rows[b * H + h];
+  for (int64_t h = 0; h < H; ++h) d_u[h] = scalar_t(total[h]);
+}
+
+void check_layer(const at::Tensor& x, const at::Tensor& u, const at::Tensor& h0,
+                 const char* x_name) {
+  TORCH_CHECK(x.dim() == 3, "rnnkernels indrnn: ", x_name, " must be [T,B,H], got ", x.sizes());
+  const int64_t B = x.size(1), H = x.size(2);
+  TORCH_CHECK(u.dim() == 1 && u.size(0) == H, "rnnkernels indrnn: u must be [H=", H, "], got ",
+              u.sizes());
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H,
+              "rnnkernels indrnn: h0 must be [B=", B, ",H=", H, "], got ", h0.sizes());
+  for (const at::Tensor* t : {&x, &u, &h0}) {
+    TORCH_CHECK(t->device().is_cpu(), "rnnkernels indrnn (cpp): tensors must be on the CPU");
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(),
+                "rnnkernels indrnn: all tensors must share one dtype, got ", x.scalar_type(),
+                " and ", t->scalar_type());
+  }
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "rnnkernels indrnn (cpp): only float32 and float64 are supported, got ",
+              x.scalar_type());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> indrnn_fwd(
+    const at::Tensor& gx_in, const at::Tensor& u_in, const at::Tensor& h0_in,
+    const std::optional<at::Tensor>& lengths, bool reverse, std::string_view nonlinearity) {
+  check_layer(gx_in, u_in, h0_in, "gx");
+  const Act act = parse_act(nonlinearity);
+  const at::Tensor gx = gx_in.contiguous(), u = u_in.contiguous(), h0 = h0_in.contiguous();
+  const int64_t T = gx.size(0), B = gx.size(1), H = gx.size(2);
+  const std::vector<int64_t> len = valid_lengths(lengths, T, B);
+  at::Tensor y = gx.new_empty({T, B, H});  // [T,B,H]
+  at::Tensor hT = gx.new_empty({B, H});    // [B,H]
+  auto run = [&](auto zero) {
+    using scalar_t = decltype(zero);
+    auto kernel =
+        act == Act::relu ? fwd_kernel<scalar_t, Act::relu> : fwd_kernel<scalar_t, Act::tanh>;
+    kernel(gx.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), len, reverse,
+           y.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), T, B, H);
+  };
+  gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
+  return {y, hT};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd(
+    const at::Tensor& grad_y_in, const at::Tensor& grad_hT_in, const at::Tensor& u_in,
+    const at::Tensor& h0_in, const std::optional<at::Tensor>& lengths, bool reverse,
+    std::string_view nonlinearity, const at::Tensor& y_in) {
+  check_layer(y_in, u_in, h0_in, "y");
+  TORCH_CHECK(grad_y_in.sizes() == y_in.sizes() && grad_hT_in.sizes() == h0_in.sizes() &&
+                  grad_y_in.scalar_type() == y_in.scalar_type() &&
+                  grad_hT_in.scalar_type() == y_in.scalar_type(),
+              "rnnkernels indrnn: grad_y / grad_hT must match y / h0 in shape and dtype");
+  TORCH_CHECK(grad_y_in.device().is_cpu() && grad_hT_in.device().is_cpu(),
+              "rnnkernels indrnn (cpp): tensors must be on the CPU");
+  const Act act = parse_act(nonlinearity);
+  const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
+  const at::Tensor u = u_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
+  const int64_t T = y.size(0), B = y.size(1), H = y.size(2);
+  const std::vector<int64_t> len = valid_lengths(lengths, T, B);
+  at::Tensor d_gx = y.new_empty({T, B, H});  // [T,B,H]
+  at::Tensor d_u = y.new_empty({H});         // [H]
+  at::Tensor d_h0 = y.new_empty({B, H});     // [B,H]
+  auto run = [&](auto zero) {
+    using scalar_t = decltype(zero);
+    auto kernel =
+        act == Act::relu ? bwd_kernel<scalar_t, Act::relu> : bwd_kernel<scalar_t, Act::tanh>;
+    kernel(grad_y.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+           h0.data_ptr<scalar_t>(), len, reverse, y.data_ptr<scalar_t>(),
+           d_gx.data_ptr<scalar_t>(), d_u.data_ptr<scalar_t>(), d_h0.data_ptr<scalar_t>(), T, B,
+           H);
+  };
+  y.scalar_type() == at::kFloat ? run(float{}) : run(double{});
+  return {d_gx, d_u, d_h0};
+}
+
+}  // namespace v0
+}  // namespace rnnkernels

@@ -1,0 +1,50 @@
+"""IndRNN layer kernels of the compiled C++ extension (csrc/cpu/indrnn.cpp), CPU, fp32/fp64.
+
+Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
+registers torch.ops.rnnkernels_cpp.indrnn_fwd / indrnn_bwd; their fakes are registered here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
+
+_ops = torch.ops.rnnkernels_cpp
+
+
+def indrnn_fwd(
+    gx: Tensor,  # [T, B, H]
+    u: Tensor,  # [H]
+    h0: Tensor,  # [B, H]
+    lengths: Tensor | None,  # [B] int64
+    reverse: bool,
+    nonlinearity: str,
+) -> tuple[Tensor, Tensor]:
+    """Returns y [T, B, H] (zero past a sequence's end) and hT [B, H]."""
+    return _ops.indrnn_fwd(gx, u, h0, lengths, reverse, nonlinearity)
+
+
+def indrnn_bwd(
+    grad_y: Tensor,  # [T, B, H]
+    grad_hT: Tensor,  # [B, H]
+    u: Tensor,
+    h0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    nonlinearity: str,
+    y: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, H], d_u [H], d_h0 [B, H]."""
+    return _ops.indrnn_bwd(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y)
+
+
+@torch.library.register_fake("rnnkernels_cpp::indrnn_fwd")
+def _(gx, u, h0, lengths, reverse, nonlinearity):
+    return gx.new_empty(gx.shape), h0.new_empty(h0.shape)
+
+
+@torch.library.register_fake("rnnkernels_cpp::indrnn_bwd")
+def _(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y):
+    return y.new_empty(y.shape), u.new_empty(u.shape), h0.new_empty(h0.shape)
