@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnkernels.modules import GRU, LSTM
+from rnnkernels.modules import GRU, LSTM, rnn_config
 
 
 def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
@@ -20,17 +20,8 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
 
 
 def _swap(old: nn.LSTM | nn.GRU, backend: str | None) -> LSTM | GRU:
-    config = dict(
-        input_size=old.input_size,
-        hidden_size=old.hidden_size,
-        num_layers=old.num_layers,
-        bias=old.bias,
-        batch_first=old.batch_first,
-        dropout=old.dropout,
-        bidirectional=old.bidirectional,
-        device=torch.device("meta"),  # parameters are replaced right below
-        backend=backend,
-    )
+    # meta: the parameters are replaced right below
+    config = dict(rnn_config(old), device=torch.device("meta"), backend=backend)
     if isinstance(old, nn.LSTM):
         new = LSTM(proj_size=old.proj_size, **config)
     else:

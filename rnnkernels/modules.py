@@ -352,6 +352,12 @@ class IndRNN(_RecurrentBase):
         )  # fmt: skip
 
 
+def rnn_config(module: nn.Module) -> dict:
+    """The constructor arguments shared by nn.LSTM / nn.GRU and ours, read off a module."""
+    names = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout")
+    return {name: getattr(module, name) for name in (*names, "bidirectional")}
+
+
 def _check_config(
     input_size: int,
     hidden_size: int,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkernels.modules import GRU, LSTM, IndRNN
+from rnnkernels.modules import GRU, LSTM, IndRNN, rnn_config
 
 # (atol, rtol) against torch / the oracle, per dtype. fp32 is the parity bar of DESIGN.md §7:
 # 5e-5 absolute; the 1e-6 relative term (8 ulps) only matters for values beyond ~50, where 5e-5
@@ -18,26 +18,17 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 
 def torch_twin(module: LSTM | GRU | IndRNN) -> nn.Module:
-    """torch's own implementation of ``module`` sharing its parameters: ``nn.LSTM`` / ``nn.GRU``
-    (cuDNN on GPU, torch's CPU path on CPU), or for IndRNN an eager torch loop."""
+    """torch's own implementation of ``module`` with a copy of its weights: ``nn.LSTM`` /
+    ``nn.GRU`` (cuDNN on GPU, torch's CPU path on CPU), or for IndRNN an eager torch loop (which
+    shares the module's parameters)."""
     if isinstance(module, IndRNN):
         return EagerIndRNN(module)
-    config = dict(
-        input_size=module.input_size,
-        hidden_size=module.hidden_size,
-        num_layers=module.num_layers,
-        bias=module.bias,
-        batch_first=module.batch_first,
-        dropout=module.dropout,
-        bidirectional=module.bidirectional,
-        device=module.weight_ih_l0.device,
-        dtype=module.weight_ih_l0.dtype,
-    )
-    twin = (
-        nn.LSTM(proj_size=module.proj_size, **config)
-        if isinstance(module, LSTM)
-        else (nn.GRU(**config))
-    )
+    weight = module.weight_ih_l0
+    config = dict(rnn_config(module), device=weight.device, dtype=weight.dtype)
+    if isinstance(module, LSTM):
+        twin = nn.LSTM(proj_size=module.proj_size, **config)
+    else:
+        twin = nn.GRU(**config)
     twin.load_state_dict(module.state_dict())
     return twin.train(module.training)
 

@@ -92,3 +92,13 @@ def test_named_backend_that_cannot_run_says_why(monkeypatch):
     assert "broken" not in rnnkernels.available_backends()
     with pytest.raises(rnnkernels.BackendError, match="its library did not load"):
         rnnkernels.GRU(2, 3, backend="broken")(torch.randn(4, 1, 2))
+
+
+@pytest.mark.skipif(
+    os.environ.get("RNNKERNELS_NO_EXTENSION") == "1", reason="installed without the extension"
+)
+def test_cpp_backend_is_built():
+    """A normal install builds the extension: its tests must not be skipped silently."""
+    assert "cpp" in rnnkernels.available_backends(), backends.why_not(
+        "cpp", "indrnn", torch.empty(0)
+    )
