@@ -19,12 +19,14 @@ from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.lstm.op import lstm_fwd
 
-# One direction of one layer: (x [T,B,I], initial states, weights, lengths, reverse, backend)
-# -> (y [T,B,*], final states).
+# One direction of one layer: (x, initial states, weights, lengths, reverse, backend, padded)
+# -> (y [T,B,*], final states). x is the layer input in its layout (padded [T,B,I] or packed rows
+# [N,I]); padded(x W^T + b) brings the input projection to the ops' padded [T,B,*] layout.
 Direction = Callable[
-    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str],
+    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str,
+     Callable[[Tensor], Tensor]],
     tuple[Tensor, tuple[Tensor, ...]],
-]
+]  # fmt: skip
 
 
 def lstm(
@@ -90,11 +92,11 @@ def indrnn(
     ``weights[layer * D + direction]`` is ``(w_ih, u, b_ih, b_hh)``; ``u`` is clamped to
     ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set. Returns ``output, h_n``."""
 
-    def direction(x, states, layer_weights, lengths, reverse, backend):
+    def direction(x, states, layer_weights, lengths, reverse, backend, padded):
         w_ih, u, b_ih, b_hh = layer_weights
         if recurrent_max_abs is not None:
             u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
-        gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
+        gx = padded(F.linear(x, w_ih, _bias_sum(b_ih, b_hh)))
         y, hT = indrnn_fwd(gx, u, states[0], lengths, reverse, nonlinearity, backend)
         return y, (hT,)
 
@@ -105,16 +107,16 @@ def indrnn(
     return output, states[0]
 
 
-def _lstm_direction(x, states, layer_weights, lengths, reverse, backend):
+def _lstm_direction(x, states, layer_weights, lengths, reverse, backend, padded):
     w_ih, w_hh, b_ih, b_hh, w_hr = layer_weights
-    gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
+    gx = padded(F.linear(x, w_ih, _bias_sum(b_ih, b_hh)))
     y, hT, cT, _, _ = lstm_fwd(gx, w_hh, w_hr, states[0], states[1], lengths, reverse, backend)
     return y, (hT, cT)
 
 
-def _gru_direction(x, states, layer_weights, lengths, reverse, backend):
+def _gru_direction(x, states, layer_weights, lengths, reverse, backend, padded):
     w_ih, w_hh, b_ih, b_hh = layer_weights
-    gx = F.linear(x, w_ih, b_ih)
+    gx = padded(F.linear(x, w_ih, b_ih))
     y, hT, _, _ = gru_fwd(gx, w_hh, b_hh, states[0], lengths, reverse, backend)
     return y, (hT,)
 
@@ -139,12 +141,12 @@ def _stack(
 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
     """Runs every layer and direction; returns the output in the input's form and the final
     states, each [num_layers * D, B, size] (or [num_layers * D, size] for unbatched input)."""
-    x, lengths, unbatched = _to_time_major(input, batch_first)
+    layout = _Layout(input, batch_first)
+    x, lengths = layout.x, layout.lengths
     D = 2 if bidirectional else 1
-    B = x.shape[1]
     if hx is None:
-        hx = tuple(x.new_zeros(num_layers * D, B, size) for size in state_sizes)
-    elif unbatched:
+        hx = tuple(x.new_zeros(num_layers * D, layout.B, size) for size in state_sizes)
+    elif layout.unbatched:
         hx = tuple(h.unsqueeze(1) for h in hx)
     name = resolve(backend, cell, x)
     finals: list[tuple[Tensor, ...]] = []
@@ -153,36 +155,66 @@ def _stack(
         for d in range(D):
             index = layer * D + d
             states = tuple(h[index] for h in hx)
-            y, final = direction(x, states, weights[index], lengths, d == 1, name)
-            outputs.append(y)
+            y, final = direction(x, states, weights[index], lengths, d == 1, name, layout.padded)
+            outputs.append(layout.unpadded(y))
             finals.append(final)
-        x = torch.cat(outputs, 2) if D == 2 else outputs[0]
+        x = torch.cat(outputs, -1) if D == 2 else outputs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
     h_n = tuple(torch.stack(states) for states in zip(*finals))
-    if unbatched:
+    if layout.unbatched:
         return x.squeeze(1), tuple(h.squeeze(1) for h in h_n)
-    return _from_time_major(x, input, lengths, batch_first), h_n
+    return layout.output(x), h_n
 
 
-def _to_time_major(
-    input: Tensor | PackedSequence, batch_first: bool
-) -> tuple[Tensor, Tensor | None, bool]:
-    """-> x [T, B, I], lengths [B] on x's device (packed input only), whether input was 2-D."""
-    if isinstance(input, PackedSequence):
-        x, lengths = pad_packed_sequence(input)  # batch in the caller's order, as hx is
-        return x, lengths.to(x.device), False
-    if input.dim() == 2:
-        return input.unsqueeze(1), None, True
-    return (input.transpose(0, 1) if batch_first else input), None, False
+class _Layout:
+    """The input's layout. Padded input runs time-major [T, B, I] (batch_first and unbatched
+    input are viewed so). Packed input stays as its rows [N, I] between layers: the input GEMMs
+    then skip the padding, and only their results are padded for the per-layer ops."""
+
+    def __init__(self, input: Tensor | PackedSequence, batch_first: bool) -> None:
+        self.packed = input if isinstance(input, PackedSequence) else None
+        self.batch_first = batch_first
+        self.unbatched = self.packed is None and input.dim() == 2
+        if self.packed is not None:
+            self.x = input.data
+            self.B = int(input.batch_sizes[0])
+            lengths = _packed_lengths(input.batch_sizes)  # sorted order
+            if input.unsorted_indices is not None:
+                lengths = lengths[input.unsorted_indices]  # the caller's order, as hx is
+            self.lengths = lengths.to(self.x.device)
+        else:
+            x = input.unsqueeze(1) if self.unbatched else input
+            self.x = x.transpose(0, 1) if batch_first and not self.unbatched else x
+            self.B, self.lengths = self.x.shape[1], None
+
+    def padded(self, rows: Tensor) -> Tensor:
+        """[N, G] rows in the input's layout -> [T, B, G]."""
+        if self.packed is None:
+            return rows
+        p = self.packed
+        return pad_packed_sequence(
+            PackedSequence(rows, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
+        )[0]
+
+    def unpadded(self, y: Tensor) -> Tensor:
+        """[T, B, G] -> rows in the input's layout."""
+        if self.packed is None:
+            return y
+        lengths = self.lengths.cpu()
+        if self.packed.sorted_indices is not None:
+            y = y.index_select(1, self.packed.sorted_indices)
+            lengths = lengths[self.packed.sorted_indices.cpu()]
+        return pack_padded_sequence(y, lengths).data
+
+    def output(self, x: Tensor) -> Tensor | PackedSequence:
+        if self.packed is not None:
+            p = self.packed
+            return PackedSequence(x, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
+        return x.transpose(0, 1) if self.batch_first else x
 
 
-def _from_time_major(
-    y: Tensor, input: Tensor | PackedSequence, lengths: Tensor | None, batch_first: bool
-) -> Tensor | PackedSequence:
-    if isinstance(input, PackedSequence):
-        if input.sorted_indices is not None:
-            y, lengths = y.index_select(1, input.sorted_indices), lengths[input.sorted_indices]
-        data = pack_padded_sequence(y, lengths.cpu()).data
-        return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-    return y.transpose(0, 1) if batch_first else y
+def _packed_lengths(batch_sizes: Tensor) -> Tensor:
+    """[B] sequence lengths, in sorted order, from a PackedSequence's batch sizes."""
+    rows = torch.arange(int(batch_sizes[0])).unsqueeze(1)  # [B, 1]
+    return (rows < batch_sizes.unsqueeze(0)).sum(1)
