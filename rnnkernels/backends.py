@@ -61,7 +61,7 @@ def _extension_missing() -> str | None:
     return _extension_error[0]
 
 
-_CPP_CELLS = ("indrnn",)  # the LSTM and GRU C++ kernels are issue #3
+_CPP_CELLS = ("indrnn", "gru", "lstm")  # the LSTM and GRU C++ kernels are issue #3
 
 
 def _cpp_cannot_run(cell: str, x: torch.Tensor) -> str | None:

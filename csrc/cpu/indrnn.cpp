@@ -6,7 +6,8 @@
 #include <rnnkernels/indrnn.h>
 
 #include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
-#include <c10/util/Exception.h>
+
+#include "common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,26 +15,13 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__SSE__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define RNNKERNELS_HAVE_MXCSR 1
-#endif
-
 namespace rnnkernels {
 inline namespace v0 {
 namespace {
 
-enum class Act { relu, tanh };
+using namespace detail;
 
-// Gradients decaying through |u| < 1 turn denormal and slow the loop ~100x: flush them to zero
-// in this thread while the kernel runs, then restore the caller's mode.
-struct FlushDenormals {
-#ifdef RNNKERNELS_HAVE_MXCSR
-  unsigned int saved = _mm_getcsr();
-  FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // FTZ (bit 15) | DAZ (bit 6)
-  ~FlushDenormals() { _mm_setcsr(saved); }
-#endif
-};
+enum class Act { relu, tanh };
 
 Act parse_act(std::string_view nonlinearity) {
   if (nonlinearity == "relu") return Act::relu;
@@ -48,30 +36,9 @@ inline scalar_t relu(scalar_t x) {
   return x <= scalar_t(0) ? scalar_t(0) : x;
 }
 
-// float tanh as a branch-free rational function (Eigen's coefficients, |error| < 4e-7) so the step
-// loop vectorises: glibc's tanhf is a scalar call of ~40 ns here. NaN passes every comparison.
-inline float tanh_(float x) {
-  constexpr float clamp = 7.90531110763549805f;  // beyond it p/q is 1 to float precision
-  const float xc = x > clamp ? clamp : (x < -clamp ? -clamp : x), x2 = xc * xc;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  const float r = xc * p / q;  // computed unconditionally so the select if-converts
-  return std::fabs(x) < 0.0004f ? x : r;
-}
-inline double tanh_(double x) { return std::tanh(x); }  // fp64 keeps libm's accuracy
-
 // One step of n units: h = act(gx + u * h); y = h.  Plain function + restrict so GCC vectorises.
 template <typename scalar_t, Act act>
-void step_fwd(const scalar_t* __restrict__ gx, const scalar_t* __restrict__ u,
+RNNKERNELS_MULTIVERSION void step_fwd(const scalar_t* __restrict__ gx, const scalar_t* __restrict__ u,
               scalar_t* __restrict__ h, scalar_t* __restrict__ y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t pre = gx[i] + u[i] * h[i];
@@ -83,7 +50,7 @@ void step_fwd(const scalar_t* __restrict__ gx, const scalar_t* __restrict__ u,
 
 // One backward step of n units; dh holds dL/dh_t on entry and dL/dh_{t-1} on exit.
 template <typename scalar_t, Act act>
-void step_bwd(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ y,
+RNNKERNELS_MULTIVERSION void step_bwd(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ y,
               const scalar_t* __restrict__ h_prev, const scalar_t* __restrict__ u,
               scalar_t* __restrict__ dh, scalar_t* __restrict__ d_gx, double* __restrict__ d_u,
               int64_t n) {
@@ -95,22 +62,6 @@ void step_bwd(const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ 
     d_u[i] += double(d_pre) * double(h_prev[i]);
     dh[i] = d_pre * u[i];
   }
-}
-
-// Valid steps per sequence, clipped to [0, T].
-std::vector<int64_t> valid_lengths(const std::optional<at::Tensor>& lengths, int64_t T,
-                                   int64_t B) {
-  std::vector<int64_t> len(B, T);
-  if (lengths.has_value() && lengths->defined()) {
-    const at::Tensor l = lengths->contiguous();
-    TORCH_CHECK(l.scalar_type() == at::kLong && l.dim() == 1 && l.size(0) == B,
-                "rnnkernels indrnn: lengths must be int64 [B=", B, "], got ", l.scalar_type(),
-                " ", l.sizes());
-    TORCH_CHECK(l.device().is_cpu(), "rnnkernels indrnn: lengths must be on the CPU");
-    const int64_t* p = l.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b) len[b] = std::clamp<int64_t>(p[b], 0, T);
-  }
-  return len;
 }
 
 // Work split: an item is a block of sequences x a chunk of hidden units, and it runs the whole time
@@ -204,15 +155,7 @@ void check_layer(const at::Tensor& x, const at::Tensor& u, const at::Tensor& h0,
               u.sizes());
   TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H,
               "rnnkernels indrnn: h0 must be [B=", B, ",H=", H, "], got ", h0.sizes());
-  for (const at::Tensor* t : {&x, &u, &h0}) {
-    TORCH_CHECK(t->device().is_cpu(), "rnnkernels indrnn (cpp): tensors must be on the CPU");
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(),
-                "rnnkernels indrnn: all tensors must share one dtype, got ", x.scalar_type(),
-                " and ", t->scalar_type());
-  }
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "rnnkernels indrnn (cpp): only float32 and float64 are supported, got ",
-              x.scalar_type());
+  check_float_cpu({&x, &u, &h0}, "indrnn");
 }
 
 }  // namespace
@@ -224,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> indrnn_fwd(
   const Act act = parse_act(nonlinearity);
   const at::Tensor gx = gx_in.contiguous(), u = u_in.contiguous(), h0 = h0_in.contiguous();
   const int64_t T = gx.size(0), B = gx.size(1), H = gx.size(2);
-  const std::vector<int64_t> len = valid_lengths(lengths, T, B);
+  const std::vector<int64_t> len = valid_lengths(lengths, T, B, "indrnn");
   at::Tensor y = gx.new_empty({T, B, H});  // [T,B,H]
   at::Tensor hT = gx.new_empty({B, H});    // [B,H]
   auto run = [&](auto zero) {
@@ -253,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd(
   const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
   const at::Tensor u = u_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
   const int64_t T = y.size(0), B = y.size(1), H = y.size(2);
-  const std::vector<int64_t> len = valid_lengths(lengths, T, B);
+  const std::vector<int64_t> len = valid_lengths(lengths, T, B, "indrnn");
   at::Tensor d_gx = y.new_empty({T, B, H});  // [T,B,H]
   at::Tensor d_u = y.new_empty({H});         // [H]
   at::Tensor d_h0 = y.new_empty({B, H});     // [B,H]

@@ -1,29 +1,26 @@
 // The one place that registers dispatcher ops: schemas of the rnnkernels_cpp namespace and their
-// CPU implementations. (The Python side owns the `rnnkernels` namespace; two libraries defining
-// the same namespace abort the process, hence a distinct one.) Fakes/autograd live in Python.
-#include <rnnkernels/indrnn.h>
+// CPU implementations, the public functions of include/rnnkernels/. (The Python side owns the
+// `rnnkernels` namespace; two libraries defining one namespace abort the process, hence a
+// distinct one.) Fakes and autograd live in Python.
+#include <rnnkernels/rnnkernels.h>
 
 #include <torch/library.h>
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor> indrnn_fwd_cpu(const at::Tensor& gx, const at::Tensor& u,
-                                                  const at::Tensor& h0,
-                                                  const std::optional<at::Tensor>& lengths,
-                                                  bool reverse, c10::string_view nonlinearity) {
-  return rnnkernels::indrnn_fwd(gx, u, h0, lengths, reverse, nonlinearity);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd_cpu(
-    const at::Tensor& grad_y, const at::Tensor& grad_hT, const at::Tensor& u,
-    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
-    c10::string_view nonlinearity, const at::Tensor& y) {
-  return rnnkernels::indrnn_bwd(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y);
-}
-
-}  // namespace
-
 TORCH_LIBRARY(rnnkernels_cpp, m) {
+  m.def(
+      "lstm_fwd(Tensor gx, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
+      "bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lstm_bwd(Tensor grad_y, Tensor grad_hT, Tensor grad_cT, Tensor w_hh, Tensor? w_hr, "
+      "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, "
+      "Tensor cells) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "gru_fwd(Tensor gx, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, bool reverse) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "gru_bwd(Tensor grad_y, Tensor grad_hT, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+      "Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor hn) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "indrnn_fwd(Tensor gx, Tensor u, Tensor h0, Tensor? lengths, bool reverse, "
       "str nonlinearity) -> (Tensor, Tensor)");
@@ -33,6 +30,10 @@ TORCH_LIBRARY(rnnkernels_cpp, m) {
 }
 
 TORCH_LIBRARY_IMPL(rnnkernels_cpp, CPU, m) {
-  m.impl("indrnn_fwd", &indrnn_fwd_cpu);
-  m.impl("indrnn_bwd", &indrnn_bwd_cpu);
+  m.impl("lstm_fwd", &rnnkernels::lstm_fwd);
+  m.impl("lstm_bwd", &rnnkernels::lstm_bwd);
+  m.impl("gru_fwd", &rnnkernels::gru_fwd);
+  m.impl("gru_bwd", &rnnkernels::gru_bwd);
+  m.impl("indrnn_fwd", &rnnkernels::indrnn_fwd);
+  m.impl("indrnn_bwd", &rnnkernels::indrnn_bwd);
 }

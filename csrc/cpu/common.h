@@ -1,0 +1,147 @@
+// What the CPU kernels of every cell share: denormal flushing, vectorisable activations, lengths,
+// argument checks and the BLAS GEMM. Internal header (not installed).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define RNNKERNELS_HAVE_MXCSR 1
+#endif
+
+// The Fortran BLAS that libtorch_cpu exports (MKL on x86-64 wheels): called directly, a small
+// per-step GEMM costs well under a microsecond of overhead, where at::mm costs several.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc);
+int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));  // MKL only; null elsewhere
+}
+
+// Runtime ISA dispatch for the pointwise step loops: GCC compiles a marked function for AVX-512,
+// AVX2+FMA and baseline x86-64 and picks one at load time (an ifunc), so a portable build still
+// runs wide vectors where the CPU has them. Functions it calls must be inline.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RNNKERNELS_MULTIVERSION \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RNNKERNELS_MULTIVERSION
+#endif
+
+namespace rnnkernels {
+inline namespace v0 {
+namespace detail {
+
+// Gradients decaying through small weights turn denormal and slow a loop ~100x: flush them to
+// zero in this thread while a kernel runs, then restore the caller's mode. Create one per
+// parallel_for body (pool threads have their own mode).
+struct FlushDenormals {
+#ifdef RNNKERNELS_HAVE_MXCSR
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // FTZ (bit 15) | DAZ (bit 6)
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+// float tanh as a branch-free rational function (Eigen's coefficients, |error| < 4e-7) so step
+// loops vectorise: glibc's tanhf is a scalar call of ~40 ns here. NaN passes every comparison.
+inline float tanh_(float x) {
+  constexpr float clamp = 7.90531110763549805f;  // beyond it p/q is 1 to float precision
+  const float xc = x > clamp ? clamp : (x < -clamp ? -clamp : x), x2 = xc * xc;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  const float r = xc * p / q;  // computed unconditionally so the select if-converts
+  return std::fabs(x) < 0.0004f ? x : r;
+}
+inline double tanh_(double x) { return std::tanh(x); }  // fp64 keeps libm's accuracy
+
+// sigmoid(x) = (1 + tanh(x/2)) / 2: vectorises with tanh_, no exp overflow for large |x|.
+inline float sigmoid_(float x) { return 0.5f + 0.5f * tanh_(0.5f * x); }
+inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// Small step GEMMs run faster on one thread than split (a fork/join per step costs more than it
+// saves, and stalls when the other core is busy). While alive and `one` is set, this thread's BLAS
+// calls use one thread; release() (or the destructor) restores the caller's setting.
+struct OneBlasThread {
+  int saved = -1;
+  explicit OneBlasThread(bool one) {
+    if (one && MKL_Set_Num_Threads_Local) saved = MKL_Set_Num_Threads_Local(1);
+  }
+  void release() {
+    if (saved >= 0) MKL_Set_Num_Threads_Local(saved);
+    saved = -1;
+  }
+  ~OneBlasThread() { release(); }
+  OneBlasThread(const OneBlasThread&) = delete;
+  OneBlasThread& operator=(const OneBlasThread&) = delete;
+};
+
+// Valid steps per sequence, clipped to [0, T]; all T when lengths is absent.
+inline std::vector<int64_t> valid_lengths(const std::optional<at::Tensor>& lengths, int64_t T,
+                                          int64_t B, const char* cell) {
+  std::vector<int64_t> len(B, T);
+  if (lengths.has_value() && lengths->defined()) {
+    const at::Tensor l = lengths->contiguous();
+    TORCH_CHECK(l.scalar_type() == at::kLong && l.dim() == 1 && l.size(0) == B, "rnnkernels ",
+                cell, ": lengths must be int64 [B=", B, "], got ", l.scalar_type(), " ",
+                l.sizes());
+    TORCH_CHECK(l.device().is_cpu(), "rnnkernels ", cell, ": lengths must be on the CPU");
+    const int64_t* p = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) len[b] = std::clamp<int64_t>(p[b], 0, T);
+  }
+  return len;
+}
+
+// Every tensor on the CPU with the dtype of the first, float32 or float64.
+inline void check_float_cpu(std::initializer_list<const at::Tensor*> tensors, const char* cell) {
+  const at::ScalarType dtype = (*tensors.begin())->scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnkernels ", cell,
+              " (cpp): only float32 and float64 are supported, got ", dtype);
+  for (const at::Tensor* t : tensors) {
+    TORCH_CHECK(t->device().is_cpu(), "rnnkernels ", cell, " (cpp): tensors must be on the CPU");
+    TORCH_CHECK(t->scalar_type() == dtype, "rnnkernels ", cell,
+                ": all tensors must share one dtype, got ", dtype, " and ", t->scalar_type());
+  }
+}
+
+// Row-major C[m,n] = alpha * op(A) op(B) + beta * C, op(X) = X^T when trans_X; lda/ldb/ldc are
+// row strides. (Column-major BLAS computing C^T = op(B)^T op(A)^T.)
+inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                 int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const int M = int(m), N = int(n), K = int(k), LDA = int(lda), LDB = int(ldb), LDC = int(ldc);
+  sgemm_(&tb, &ta, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
+}
+inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                 const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
+                 double* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const int M = int(m), N = int(n), K = int(k), LDA = int(lda), LDB = int(ldb), LDC = int(ldc);
+  dgemm_(&tb, &ta, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
+}
+
+}  // namespace detail
+}  // namespace v0
+}  // namespace rnnkernels

@@ -1,0 +1,7 @@
+// rnnkernels: fused LSTM, GRU and IndRNN layer kernels (CPU). Umbrella header.
+#pragma once
+
+#include <rnnkernels/gru.h>
+#include <rnnkernels/indrnn.h>
+#include <rnnkernels/layer.h>
+#include <rnnkernels/lstm.h>

@@ -1,0 +1,133 @@
+"""The C++ LSTM kernels beyond the shared suites: threaded shapes, determinism, NaN/Inf, long T."""
+
+import pytest
+import torch
+
+import rnnkernels
+from rnnkernels.ops.lstm import naive
+from rnnkernels.testing import (
+    assert_close,
+    needs,
+    outputs_and_grads,
+    poison_allocations,
+    torch_twin,
+)
+
+pytestmark = pytest.mark.usefixtures("two_threads")
+
+
+@pytest.fixture
+def two_threads():
+    needs("cpp", "lstm")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # the pointwise pass goes parallel from 16K elements per step
+    yield
+    torch.set_num_threads(saved)
+
+
+def cpp():
+    from rnnkernels.ops.lstm import cpp as module
+
+    return module
+
+
+def layer_args(T, B, H, P, lengths, reverse, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    R = P or H
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=dtype) * scale
+
+    w_hr = rand(P, H, scale=H**-0.5) if P else None
+    return (rand(T, B, 4 * H), rand(4 * H, R, scale=R**-0.5), w_hr, rand(B, R), rand(B, H),
+            lengths, reverse)  # fmt: skip
+
+
+# Unsorted lengths with gaps (rows valid at a step are not one block), a zero and clipped ones.
+UNSORTED = [4, 1, 5, 0, 3, 5, 1, 9, 2, 5, 2, 3, 5, 4, 1, 6] * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("proj", [0, 24])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, UNSORTED], ids=["full", "unsorted"])
+def test_threaded_layer_matches_oracle(dtype, proj, reverse, lengths):
+    """B*4H = 64K: the pointwise pass runs on two threads; forward and backward vs naive.py."""
+    T, B, H = 5, 32, 512
+    lengths = None if lengths is None else torch.tensor(lengths)
+    args = layer_args(T, B, H, proj, lengths, reverse, dtype)
+    with poison_allocations():
+        got = cpp().lstm_fwd(*args)
+    expected = naive.lstm_fwd(*args)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, f"forward output {k}")
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(o.shape, generator=g, dtype=dtype) for o in expected[:3]]
+    saved = (expected[0], expected[3], expected[4])
+    with poison_allocations():
+        got = cpp().lstm_bwd(*grads, *args[1:], *saved)
+    expected = naive.lstm_bwd(*grads, *args[1:], *saved)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        if b is None:
+            assert a is None
+        else:
+            assert_close(a, b, f"backward output {k}")
+
+
+@pytest.mark.parametrize("proj", [0, 32])
+@pytest.mark.parametrize("lengths", [None, UNSORTED], ids=["full", "unsorted"])
+def test_bitwise_deterministic(proj, lengths):
+    T, B, H = 6, 32, 512
+    lengths = None if lengths is None else torch.tensor(lengths)
+    args = layer_args(T, B, H, proj, lengths, True, torch.float32)
+    runs = []
+    for _ in range(2):
+        y, hT, cT, gates, cells = cpp().lstm_fwd(*args)
+        grads = [torch.ones_like(o) for o in (y, hT, cT)]
+        back = cpp().lstm_bwd(*grads, *args[1:], y, gates, cells)
+        runs.append([y, hT, cT, gates, cells, *(b for b in back if b is not None)])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+def test_nan_inf_propagate_as_in_torch(proj_size, poison):
+    """A NaN/Inf in the input reaches the same outputs and gradients as in torch.nn.LSTM."""
+    torch.manual_seed(0)
+    m = rnnkernels.LSTM(4, 6, num_layers=2, proj_size=proj_size, backend="cpp")
+    x = torch.randn(7, 3, 4)
+    x[2, 1, 0] = poison
+    x.requires_grad_()
+    ours, ours_grads = outputs_and_grads(m, x, None)
+    ref, ref_grads = outputs_and_grads(torch_twin(m), x, None)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.isnan(), b.isnan())
+        finite = ~b.isnan()
+        assert_close(a[finite], b[finite], "finite outputs")
+    for a, b in zip(ours_grads, ref_grads):
+        assert torch.equal(a.isnan(), b.isnan())
+
+
+def test_long_sequence():
+    """T=10000: runs (no denormal cliff in the decaying gradients) and matches naive.py over the
+    last steps, started from the kernel's own state there."""
+    T, B, H, K = 10000, 2, 16, 50
+    args = layer_args(T, B, H, 0, None, False, torch.float32)
+    gx, w_hh, _, h0, c0, _, _ = args
+    y, hT, cT, gates, cells = cpp().lstm_fwd(*args)
+    window = (gx[-K:], w_hh, None, y[-K - 1], cells[-K - 1], None, False)
+    expected = naive.lstm_fwd(*window)
+    for k, (a, b) in enumerate(zip((y[-K:], hT, cT, gates[-K:], cells[-K:]), expected)):
+        assert_close(a, b, f"forward output {k}")
+    grad_y = torch.zeros_like(y)
+    grad_y[-K:] = torch.randn(K, B, H)
+    grad_hT, grad_cT = torch.randn(B, H), torch.randn(B, H)
+    d_gx, d_w_hh, _, d_h0, d_c0 = cpp().lstm_bwd(
+        grad_y, grad_hT, grad_cT, w_hh, None, h0, c0, None, False, y, gates, cells
+    )
+    saved = (y[-K:], gates[-K:], cells[-K:])
+    expected = naive.lstm_bwd(grad_y[-K:], grad_hT, grad_cT, *window[1:], *saved)
+    assert_close(d_gx[-K:], expected[0], "d_gx over the last steps")
+    for t in (d_gx, d_w_hh, d_h0, d_c0):
+        assert t.isfinite().all()
