@@ -1,5 +1,7 @@
 """rnnkernels: fused LSTM, GRU and IndRNN kernels behind drop-in torch modules."""
 
+import os as _os
+
 from rnnkernels import functional
 from rnnkernels.backends import (
     BackendError,
@@ -18,9 +20,15 @@ __all__ = [
     "IndRNN",
     "available_backends",
     "backend_names",
+    "cmake_prefix_path",
     "convert",
     "functional",
     "get_backend",
     "set_backend",
 ]
 __version__ = "0.1.0"
+
+# Where CMake finds find_package(rnnkernels), as torch.utils.cmake_prefix_path does for torch: the
+# C++ library installed into this package (lib/, include/, share/cmake/rnnkernels/; see
+# CMakeLists.txt). `python -m rnnkernels --cmake-prefix-path` prints it.
+cmake_prefix_path: str = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "share/cmake")
