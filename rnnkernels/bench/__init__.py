@@ -1,0 +1,49 @@
+"""``python -m rnnkernels.bench``: time every available backend against torch, same weights.
+
+For each shape of the chosen presets (``shapes.PRESETS``, the one table the pytest-benchmark
+suite in ``benchmarks/`` also uses), each mode (``fwd`` under ``torch.no_grad``; ``fwdbwd`` =
+forward, then ``loss = output.sum() + final states sum`` backward into the input and every
+parameter) and each provider (``torch`` = ``rnnkernels.testing.torch_twin`` of the module: cuDNN
+on GPU, torch's CPU path on CPU, an eager loop for IndRNN; plus each backend), the providers are
+warmed up, then called in turn (torch, backend, ..., torch, backend, ...) and the median time is
+reported with the speedup ``torch_ms / provider_ms`` from the same run, the GFLOP/s of the
+recurrent cell (:func:`cell_flops`), that rate as a fraction of this machine's GEMM rate measured
+at the start with a large ``torch.matmul``, and the peak memory of one call
+(:func:`measure.peak_memory`). Results go to JSON, CSV and a PNG plot.
+
+Modules: ``shapes`` (the table, FLOPs), ``measure`` (providers, timing, memory, machine),
+``report`` (table, files, plot, compare), ``cli`` (options, :func:`main`). Nothing heavy is
+imported at import time.
+"""
+
+from rnnkernels.bench.cli import main, parse_args
+from rnnkernels.bench.measure import (
+    build_case,
+    clear_grads,
+    gemm_rate,
+    machine_info,
+    make_call,
+    peak_memory,
+    time_providers,
+)
+from rnnkernels.bench.report import compare
+from rnnkernels.bench.shapes import CELLS, MODES, PRESETS, Preset, Shape, cell_flops
+
+__all__ = [
+    "CELLS",
+    "MODES",
+    "PRESETS",
+    "Preset",
+    "Shape",
+    "build_case",
+    "cell_flops",
+    "clear_grads",
+    "compare",
+    "gemm_rate",
+    "machine_info",
+    "main",
+    "make_call",
+    "parse_args",
+    "peak_memory",
+    "time_providers",
+]

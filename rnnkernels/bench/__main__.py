@@ -1,0 +1,5 @@
+import sys
+
+from rnnkernels.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,294 @@
+"""The command line of ``python -m rnnkernels.bench``: :func:`main` takes an argv list and returns
+the exit code (2 with a message for a bad option)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict
+
+from rnnkernels.bench import measure, report
+from rnnkernels.bench.shapes import CELLS, DEFAULT_PRESET, MODES, PRESETS, cell_flops
+
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+CUDA_ONLY_DTYPES = ("float16", "bfloat16")
+
+
+def _choices(allowed, what: str, known=()):
+    def parse(text: str) -> list[str]:
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            kind = "unavailable here" if bad and all(t in known for t in bad) else "unknown"
+            raise argparse.ArgumentTypeError(
+                f"{kind} {what} {','.join(bad) or repr(text)}; choose from {','.join(allowed)}"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
+    presets = "\n".join(
+        f"  {name:13} {p.about} [{p.device or 'any device'}, {len(p.shapes)} shapes]"
+        for name, p in PRESETS.items()
+    )
+    p = argparse.ArgumentParser(
+        prog="python -m rnnkernels.bench",
+        description="Time every available rnnkernels backend against torch (same weights), "
+        "print a table and write JSON, CSV and a PNG plot.",
+        epilog=f"shape presets (--shapes):\n{presets}\n\n"
+        "speedup = torch ms / provider ms, both measured in this run (providers alternate, "
+        "medians).\npeak MiB = peak bytes held by tensors allocated during one call.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="where to run (default: cuda when available, else cpu)",
+    )
+    p.add_argument(
+        "--shapes",
+        type=_choices(list(PRESETS), "shape preset"),
+        help="comma list of presets (default: 'default' on cpu, 'gpu' on cuda)",
+    )
+    p.add_argument(
+        "--cells",
+        type=_choices(CELLS, "cell"),
+        default=list(CELLS),
+        help="comma list of lstm,gru,indrnn (default: all)",
+    )
+    p.add_argument(
+        "--backends",
+        type=_choices(available, "backend", known),
+        default=available,
+        help=f"comma list of backends to time against torch (available here: "
+        f"{','.join(available)}; default: all)",
+    )
+    p.add_argument(
+        "--modes",
+        type=_choices(MODES, "mode"),
+        default=list(MODES),
+        help="comma list of fwd,fwdbwd (default: both)",
+    )
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="float16/bfloat16 on cuda only"
+    )
+    p.add_argument("--reps", type=int, help="timed repetitions per provider (default: per shape)")
+    p.add_argument(
+        "--warmup", type=int, help="untimed calls per provider (default: 1 on cpu, 3 on cuda)"
+    )
+    p.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="bench-results",
+        help="write <stem>.json, .csv and .png here (default: %(default)s)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="JSON",
+        help="OLD.json: after the run, show old ms, new ms and new/old for the rows in both; "
+        "OLD.json NEW.json: compare two saved runs without running anything",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    import rnnkernels
+
+    p = parser(rnnkernels.available_backends(), rnnkernels.backend_names())
+    args = p.parse_args(argv)
+    for name in ("reps", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if args.compare:
+        if len(args.compare) > 2:
+            p.error("--compare takes OLD.json, or OLD.json NEW.json")
+        for path in args.compare:
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+                    raise ValueError("no 'rows' list")
+            except (OSError, ValueError) as e:
+                p.error(f"--compare: cannot read {path} as a benchmark result: {e}")
+        if len(args.compare) == 2:
+            return args  # nothing runs: device, shapes and dtype do not matter
+    if args.device is None:
+        args.device = "cuda" if _cuda_available() else "cpu"
+    elif args.device == "cuda" and not _cuda_available():
+        p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
+    if args.dtype in CUDA_ONLY_DTYPES and args.device != "cuda":
+        p.error(f"--dtype {args.dtype} is for --device cuda only")
+    args.shapes = args.shapes or [DEFAULT_PRESET[args.device]]
+    for name in args.shapes:
+        want = PRESETS[name].device
+        if want is not None and want != args.device:
+            p.error(f"shape preset {name!r} is for --device {want}, not {args.device}")
+    if args.warmup is None:
+        args.warmup = 3 if args.device == "cuda" else 1
+    return args
+
+
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def run(args) -> tuple[dict, list[dict]]:
+    """Runs the benchmark described by ``args``; returns (machine description, rows)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = args.device, getattr(torch, args.dtype)
+    shapes = list(
+        dict.fromkeys(
+            s for name in args.shapes for s in PRESETS[name].shapes if s.cell in args.cells
+        )
+    )
+    machine = measure.machine_info(device)
+    rate = measure.gemm_rate(dtype, device)
+    machine.update(gemm_gflops=rate / 1e9, gemm_dtype=args.dtype)
+    where = f"{machine['gpu']}, CUDA {machine['cuda']}; " if device == "cuda" else ""
+    print(
+        f"{where}{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+        f"{machine['threads']} threads; {args.dtype} matmul: {rate / 1e9:.1f} GFLOP/s",
+        file=sys.stderr,
+    )
+    if (machine["loadavg"] or 0) > 1.0:
+        print(
+            f"warning: load average {machine['loadavg']:.1f} before the run; other work on "
+            "this machine makes timings noisy",
+            file=sys.stderr,
+        )
+
+    rows = []
+    step, done = progress(len(shapes) * len(args.modes))
+    try:
+        for shape in shapes:
+            modules, x = measure.build_case(shape, dtype, args.backends, device=device)
+            for mode in args.modes:
+                step(f"{shape.cell} {shape.label} {mode}")
+                calls = {name: measure.make_call(m, x, mode) for name, m in modules.items()}
+                reps = args.reps or shape.reps
+                times, notes = measure.time_providers(calls, reps, args.warmup, device)
+                ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
+                flops = cell_flops(shape, mode)
+                for name, module in modules.items():
+                    row = dict(
+                        device=device,
+                        dtype=args.dtype,
+                        cell=shape.cell,
+                        shape=shape.label,
+                        mode=mode,
+                        provider=name,
+                        params=asdict(shape),
+                        flops=flops,
+                        ms=ms.get(name),
+                        times_ms=[1e3 * t for t in times.get(name, [])],
+                        speedup=None,
+                        gflops=None,
+                        gemm_fraction=None,
+                        peak_bytes=None,
+                        note=notes.get(name),
+                    )
+                    if name in ms:
+                        row["speedup"] = ms["torch"] / ms[name] if "torch" in ms else None
+                        row["gflops"] = flops / ms[name] / 1e6
+                        row["gemm_fraction"] = row["gflops"] * 1e9 / rate
+                        # Once, outside the timed loop (the CPU measurement profiles the call).
+                        before = functools.partial(measure.clear_grads, module, x)
+                        row["peak_bytes"] = measure.peak_memory(calls[name], device, before)
+                    rows.append(row)
+            modules = x = calls = None  # free this shape's tensors before the next
+    finally:
+        done()
+    return machine, rows
+
+
+def progress(total: int):
+    """``(step, close)`` showing progress on stderr: a rich bar if rich is importable."""
+    try:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        count = iter(range(1, total + 1))
+        return (
+            lambda what: print(f"[{next(count)}/{total}] {what}", file=sys.stderr, flush=True)
+        ), (lambda: None)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("", total=total)
+    bar.start()
+    return (lambda what: bar.update(task, advance=1, description=what)), bar.stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # argparse's message is already printed; return its code
+        return int(e.code or 0)
+    if args.compare and len(args.compare) == 2:
+        old, new = args.compare
+        report.print_compare(_load(old), _load(new), old, new)
+        return 0
+    start = time.perf_counter()
+    machine, rows = run(args)
+    elapsed = time.perf_counter() - start
+
+    title = (
+        f"rnnkernels.bench --device {args.device} --shapes {','.join(args.shapes)} "
+        f"({args.dtype}, {machine['gpu'] or str(machine['threads']) + ' threads'}, "
+        f"GEMM {machine['gemm_gflops']:.1f} GFLOP/s; speedup = torch ms / provider ms)"
+    )
+    report.print_results(rows, title)
+    print(f"ran in {elapsed:.1f} s", file=sys.stderr)
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(
+        args.out, f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{args.device}-{args.dtype}"
+    )
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "compare")}
+    report.write_json(stem + ".json", machine, settings, rows)
+    report.write_csv(stem + ".csv", machine, rows)
+    written = [stem + ".json", stem + ".csv"]
+    if report.plot(stem + ".png", rows, title):
+        written.append(stem + ".png")
+    else:
+        print(
+            "note: matplotlib is not installed, no plot (pip install 'rnnkernels[bench]')",
+            file=sys.stderr,
+        )
+    print("wrote " + ", ".join(written))
+    if args.compare:
+        print()
+        report.print_compare(_load(args.compare[0]), _load(stem + ".json"), args.compare[0], stem)
+    return 0
