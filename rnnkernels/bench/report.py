@@ -156,7 +156,7 @@ def plot(path, rows: list[dict], title: str) -> bool:
         ax.set_title(mode)
         ax.set_ylabel("speedup vs torch")
         ax.set_xticks(range(len(shapes)))
-        ax.set_xticklabels([s.replace(" ", "\n", 1) for s in shapes], fontsize=7)
+        ax.set_xticklabels([s.replace(" ", "\n") for s in shapes], fontsize=7)  # one size a line
         ax.legend(fontsize=8)
     fig.suptitle("\n".join(textwrap.wrap(title, int(fig_w * 12))), fontsize=9)
     fig.tight_layout()
