@@ -1,7 +1,7 @@
 """GRU layer kernels of the compiled C++ extension (csrc/cpu/gru.cpp), CPU, fp32/fp64.
 
 Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
-registers torch.ops.rnnkernels_cpp.gru_fwd / gru_bwd; their fakes are registered here.
+registers torch.ops.rnnkernels_cpp.gru_fwd / gru_bwd; op.py's fakes serve them too.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
+from rnnkernels.ops.gru.op import gru_bwd_fake, gru_fwd_fake
 
 _ops = torch.ops.rnnkernels_cpp
 
@@ -46,22 +47,5 @@ def gru_bwd(
     return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0
 
 
-@torch.library.register_fake("rnnkernels_cpp::gru_fwd")
-def _(gx, w_hh, b_hh, h0, lengths, reverse):
-    T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
-    return (
-        gx.new_empty(T, B, H),
-        gx.new_empty(B, H),
-        gx.new_empty(T, B, 3 * H),
-        gx.new_empty(T, B, H),
-    )
-
-
-@torch.library.register_fake("rnnkernels_cpp::gru_bwd")
-def _(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn):
-    return (
-        gates.new_empty(gates.shape),
-        w_hh.new_empty(w_hh.shape),
-        b_hh.new_empty(b_hh.shape) if b_hh is not None else y.new_empty(0),
-        h0.new_empty(h0.shape),
-    )
+torch.library.register_fake("rnnkernels_cpp::gru_fwd")(gru_fwd_fake)
+torch.library.register_fake("rnnkernels_cpp::gru_bwd")(gru_bwd_fake)

@@ -46,8 +46,8 @@ def gru_bwd(
     return d_gx, d_w_hh, d_b_hh if d_b_hh is not None else y.new_empty(0), d_h0
 
 
-@gru_fwd.register_fake
-def _(gx, w_hh, b_hh, h0, lengths, reverse, backend):
+def gru_fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend=None):
+    """Output shapes of gru_fwd (also the fake of the C++ op, which takes no backend)."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
     return (
         gx.new_empty(T, B, H),
@@ -57,14 +57,18 @@ def _(gx, w_hh, b_hh, h0, lengths, reverse, backend):
     )
 
 
-@gru_bwd.register_fake
-def _(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, backend):
+def gru_bwd_fake(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, backend=None):
+    """Output shapes of gru_bwd (also the fake of the C++ op, which takes no backend)."""
     return (
         gates.new_empty(gates.shape),
         w_hh.new_empty(w_hh.shape),
         b_hh.new_empty(b_hh.shape) if b_hh is not None else y.new_empty(0),
         h0.new_empty(h0.shape),
     )
+
+
+gru_fwd.register_fake(gru_fwd_fake)
+gru_bwd.register_fake(gru_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,7 +1,7 @@
 """IndRNN layer kernels of the compiled C++ extension (csrc/cpu/indrnn.cpp), CPU, fp32/fp64.
 
 Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
-registers torch.ops.rnnkernels_cpp.indrnn_fwd / indrnn_bwd; their fakes are registered here.
+registers torch.ops.rnnkernels_cpp.indrnn_fwd / indrnn_bwd; op.py's fakes serve them too.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
+from rnnkernels.ops.indrnn.op import indrnn_bwd_fake, indrnn_fwd_fake
 
 _ops = torch.ops.rnnkernels_cpp
 
@@ -40,11 +41,5 @@ def indrnn_bwd(
     return _ops.indrnn_bwd(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y)
 
 
-@torch.library.register_fake("rnnkernels_cpp::indrnn_fwd")
-def _(gx, u, h0, lengths, reverse, nonlinearity):
-    return gx.new_empty(gx.shape), h0.new_empty(h0.shape)
-
-
-@torch.library.register_fake("rnnkernels_cpp::indrnn_bwd")
-def _(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y):
-    return y.new_empty(y.shape), u.new_empty(u.shape), h0.new_empty(h0.shape)
+torch.library.register_fake("rnnkernels_cpp::indrnn_fwd")(indrnn_fwd_fake)
+torch.library.register_fake("rnnkernels_cpp::indrnn_bwd")(indrnn_bwd_fake)

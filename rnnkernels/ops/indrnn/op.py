@@ -43,14 +43,18 @@ def indrnn_bwd(
     )
 
 
-@indrnn_fwd.register_fake
-def _(gx, u, h0, lengths, reverse, nonlinearity, backend):
+def indrnn_fwd_fake(gx, u, h0, lengths, reverse, nonlinearity, backend=None):
+    """Output shapes of indrnn_fwd (also the fake of the C++ op, which takes no backend)."""
     return gx.new_empty(gx.shape), h0.new_empty(h0.shape)
 
 
-@indrnn_bwd.register_fake
-def _(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y, backend):
+def indrnn_bwd_fake(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y, backend=None):
+    """Output shapes of indrnn_bwd (also the fake of the C++ op, which takes no backend)."""
     return y.new_empty(y.shape), u.new_empty(u.shape), h0.new_empty(h0.shape)
+
+
+indrnn_fwd.register_fake(indrnn_fwd_fake)
+indrnn_bwd.register_fake(indrnn_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):

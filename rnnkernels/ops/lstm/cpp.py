@@ -1,7 +1,7 @@
 """LSTM layer kernels of the compiled C++ extension (csrc/cpu/lstm.cpp), CPU, fp32/fp64.
 
 Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
-registers torch.ops.rnnkernels_cpp.lstm_fwd / lstm_bwd; their fakes are registered here.
+registers torch.ops.rnnkernels_cpp.lstm_fwd / lstm_bwd; op.py's fakes serve them too.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
+from rnnkernels.ops.lstm.op import lstm_bwd_fake, lstm_fwd_fake
 
 _ops = torch.ops.rnnkernels_cpp
 
@@ -49,24 +50,5 @@ def lstm_bwd(
     return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0
 
 
-@torch.library.register_fake("rnnkernels_cpp::lstm_fwd")
-def _(gx, w_hh, w_hr, h0, c0, lengths, reverse):
-    T, B, H, R = gx.shape[0], gx.shape[1], c0.shape[1], h0.shape[1]
-    return (
-        gx.new_empty(T, B, R),
-        gx.new_empty(B, R),
-        gx.new_empty(B, H),
-        gx.new_empty(T, B, 4 * H),
-        gx.new_empty(T, B, H),
-    )
-
-
-@torch.library.register_fake("rnnkernels_cpp::lstm_bwd")
-def _(grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells):
-    return (
-        gates.new_empty(gates.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_hr.new_empty(w_hr.shape) if w_hr is not None else y.new_empty(0),
-        h0.new_empty(h0.shape),
-        c0.new_empty(c0.shape),
-    )
+torch.library.register_fake("rnnkernels_cpp::lstm_fwd")(lstm_fwd_fake)
+torch.library.register_fake("rnnkernels_cpp::lstm_bwd")(lstm_bwd_fake)

@@ -49,8 +49,8 @@ def lstm_bwd(
     return d_gx, d_w_hh, d_w_hr if d_w_hr is not None else y.new_empty(0), d_h0, d_c0
 
 
-@lstm_fwd.register_fake
-def _(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend):
+def lstm_fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend=None):
+    """Output shapes of lstm_fwd (also the fake of the C++ op, which takes no backend)."""
     T, B, H = gx.shape[0], gx.shape[1], c0.shape[1]
     R = h0.shape[1]
     return (
@@ -62,8 +62,10 @@ def _(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend):
     )
 
 
-@lstm_bwd.register_fake
-def _(grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells, backend):
+def lstm_bwd_fake(
+    grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells, backend=None
+):
+    """Output shapes of lstm_bwd (also the fake of the C++ op, which takes no backend)."""
     return (
         gates.new_empty(gates.shape),
         w_hh.new_empty(w_hh.shape),
@@ -71,6 +73,10 @@ def _(grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, 
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
     )
+
+
+lstm_fwd.register_fake(lstm_fwd_fake)
+lstm_bwd.register_fake(lstm_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):
