@@ -19,14 +19,12 @@ from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.lstm.op import lstm_fwd
 
-# One direction of one layer: (x, initial states, weights, lengths, reverse, backend, padded)
-# -> (y [T,B,*], final states). x is the layer input in its layout (padded [T,B,I] or packed rows
-# [N,I]); padded(x W^T + b) brings the input projection to the ops' padded [T,B,*] layout.
+# The recurrence of one direction of one layer: (gx [T,B,G*H], initial states, weights,
+# lengths, reverse, backend) -> (y [T,B,*], final states).
 Direction = Callable[
-    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str,
-     Callable[[Tensor], Tensor]],
+    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str],
     tuple[Tensor, tuple[Tensor, ...]],
-]  # fmt: skip
+]
 
 
 def lstm(
@@ -92,11 +90,10 @@ def indrnn(
     ``weights[layer * D + direction]`` is ``(w_ih, u, b_ih, b_hh)``; ``u`` is clamped to
     ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set. Returns ``output, h_n``."""
 
-    def direction(x, states, layer_weights, lengths, reverse, backend, padded):
-        w_ih, u, b_ih, b_hh = layer_weights
+    def direction(gx, states, layer_weights, lengths, reverse, backend):
+        u = layer_weights[1]
         if recurrent_max_abs is not None:
             u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
-        gx = padded(F.linear(x, w_ih, _bias_sum(b_ih, b_hh)))
         y, hT = indrnn_fwd(gx, u, states[0], lengths, reverse, nonlinearity, backend)
         return y, (hT,)
 
@@ -107,22 +104,16 @@ def indrnn(
     return output, states[0]
 
 
-def _lstm_direction(x, states, layer_weights, lengths, reverse, backend, padded):
-    w_ih, w_hh, b_ih, b_hh, w_hr = layer_weights
-    gx = padded(F.linear(x, w_ih, _bias_sum(b_ih, b_hh)))
+def _lstm_direction(gx, states, layer_weights, lengths, reverse, backend):
+    w_hh, w_hr = layer_weights[1], layer_weights[4]
     y, hT, cT, _, _ = lstm_fwd(gx, w_hh, w_hr, states[0], states[1], lengths, reverse, backend)
     return y, (hT, cT)
 
 
-def _gru_direction(x, states, layer_weights, lengths, reverse, backend, padded):
-    w_ih, w_hh, b_ih, b_hh = layer_weights
-    gx = padded(F.linear(x, w_ih, b_ih))
+def _gru_direction(gx, states, layer_weights, lengths, reverse, backend):
+    w_hh, b_hh = layer_weights[1], layer_weights[3]
     y, hT, _, _ = gru_fwd(gx, w_hh, b_hh, states[0], lengths, reverse, backend)
     return y, (hT,)
-
-
-def _bias_sum(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
-    return None if b_ih is None else b_ih + b_hh
 
 
 def _stack(
@@ -155,7 +146,11 @@ def _stack(
         for d in range(D):
             index = layer * D + d
             states = tuple(h[index] for h in hx)
-            y, final = direction(x, states, weights[index], lengths, d == 1, name, layout.padded)
+            w_ih, _, b_ih, b_hh = weights[index][:4]
+            if cell != "gru" and b_ih is not None:  # GRU keeps b_hh inside r * (...)
+                b_ih = b_ih + b_hh
+            gx = layout.padded(F.linear(x, w_ih, b_ih))  # one GEMM over all time steps
+            y, final = direction(gx, states, weights[index], lengths, d == 1, name)
             outputs.append(layout.unpadded(y))
             finals.append(final)
         x = torch.cat(outputs, -1) if D == 2 else outputs[0]
