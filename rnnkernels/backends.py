@@ -12,6 +12,7 @@ backend that cannot run a call raises ``BackendError`` saying why; only ``"auto"
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable
@@ -74,6 +75,44 @@ def _cpp_cannot_run(cell: str, x: torch.Tensor) -> str | None:
     return None
 
 
+def _module_missing(*modules: str, extra: str) -> Callable[[], str | None]:
+    """Availability check of a backend that needs importable Python packages."""
+
+    def missing() -> str | None:
+        for module in modules:
+            if importlib.util.find_spec(module) is None:
+                return f"the package {module!r} is not installed (pip install 'rnnkernels[{extra}]')"
+        return None
+
+    return missing
+
+
+def _numba_cannot_run(cell: str, x: torch.Tensor) -> str | None:
+    if x.device.type != "cpu":
+        return f"it runs on CPU tensors, got a {x.device.type} tensor"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"it supports float32 and float64, got {x.dtype}"
+    return None
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_cannot_run(cell: str, x: torch.Tensor) -> str | None:
+    if triton_interpreted():
+        if x.device.type != "cpu":
+            return f"TRITON_INTERPRET=1 runs kernels on CPU tensors, got a {x.device.type} tensor"
+        if x.dtype == torch.bfloat16:
+            return "Triton's interpreter computes bfloat16 wrongly; bfloat16 needs a GPU"
+    elif x.device.type != "cuda":
+        return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device.type}"
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return f"it supports float32, float64, float16 and bfloat16, got {x.dtype}"
+    return None
+
+
 _REGISTRY: dict[str, Backend] = {
     "reference": Backend(
         name="reference",
@@ -88,6 +127,20 @@ _REGISTRY: dict[str, Backend] = {
         module="cpp",
         unavailable=_extension_missing,
         cannot_run=_cpp_cannot_run,
+    ),
+    "numba": Backend(
+        name="numba",
+        description="Numba JIT CPU kernels (ops/<cell>/numba.py), fp32/fp64; no compiler needed",
+        module="numba",
+        unavailable=_module_missing("numba", "scipy", extra="numba"),
+        cannot_run=_numba_cannot_run,
+    ),
+    "triton": Backend(
+        name="triton",
+        description="Triton GPU kernels (ops/<cell>/triton.py), time loop inside the kernel",
+        module="triton",
+        unavailable=_module_missing("triton", extra="triton"),
+        cannot_run=_triton_cannot_run,
     ),
 }
 

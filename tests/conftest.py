@@ -8,7 +8,9 @@ import rnnkernels
 torch.set_num_threads(1)
 
 
-@pytest.fixture(params=["reference", "cpp"])
+@pytest.fixture(
+    params=["reference", "cpp", "numba", pytest.param("triton", marks=pytest.mark.triton)]
+)
 def backend(request):
     """Every backend is a test parameter; one that cannot run here is skipped, saying why."""
     if request.param not in rnnkernels.available_backends():
