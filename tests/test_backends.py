@@ -102,3 +102,39 @@ def test_cpp_backend_is_built():
     assert "cpp" in rnnkernels.available_backends(), backends.why_not(
         "cpp", "indrnn", torch.empty(0)
     )
+
+
+@pytest.mark.parametrize("name", ["numba", "triton"])
+def test_python_backends_are_installed(name):
+    """The test install has numba and triton (Triton's interpreter on CPU): their share of the
+    suite must not be skipped silently."""
+    assert name in rnnkernels.available_backends(), backends.why_not(name, "gru", torch.empty(0))
+
+
+@pytest.mark.parametrize("name,extra", [("numba", "numba"), ("triton", "triton")])
+def test_missing_package_names_the_extra(monkeypatch, name, extra):
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda module: None)
+    assert name not in rnnkernels.available_backends()
+    with pytest.raises(rnnkernels.BackendError, match=rf"pip install 'rnnkernels\[{extra}\]'"):
+        rnnkernels.GRU(2, 3, backend=name)(torch.randn(4, 1, 2))
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(rnnkernels.BackendError, match="CUDA tensors .*TRITON_INTERPRET=1"):
+        rnnkernels.GRU(2, 3, backend="triton")(torch.randn(4, 1, 2))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(rnnkernels.BackendError, match="bfloat16 needs a GPU"):
+        rnnkernels.GRU(2, 3, backend="triton", dtype=torch.bfloat16)(
+            torch.randn(4, 1, 2, dtype=torch.bfloat16)
+        )
+
+
+@pytest.mark.parametrize("name", ["numba", "cpp"])
+def test_cpu_backends_reject_other_dtypes(name):
+    if name not in rnnkernels.available_backends():
+        pytest.skip(backends.why_not(name, "gru", torch.empty(0)))
+    with pytest.raises(rnnkernels.BackendError, match="float32 and float64, got torch.float16"):
+        rnnkernels.GRU(2, 3, backend=name, dtype=torch.float16)(
+            torch.randn(4, 1, 2, dtype=torch.float16)
+        )

@@ -1,0 +1,274 @@
+"""GRU layer kernels in Triton (CUDA; CPU tensors under TRITON_INTERPRET=1).
+
+Same signatures and returns as naive.py. One program owns a tile of BLOCK_B batch rows and runs
+the whole time loop for it, hidden tile by hidden tile; W_hh is streamed from global memory (L2)
+every step, so no hidden size is too large for the chip. Design and limits: README.md here.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from rnnkernels.ops.steps import previous_states
+from rnnkernels.ops.triton_common import (
+    accumulator_dtype,
+    check_index_range,
+    input_precision,
+    sequence_lengths,
+    sigmoid,
+    tanh,
+)
+
+
+@triton.jit
+def _gru_fwd_kernel(
+    gx_ptr,  # [T, B, 3H]
+    w_hh_ptr,  # [3H, H]
+    b_hh_ptr,  # [3H] (unused without bias)
+    lengths_ptr,  # [B] int64
+    state_ptr,  # [2, B, H] accumulator dtype: h_{t-1} / h_t by step parity; [0] is h0 on entry
+    y_ptr,  # [T, B, H]
+    gates_ptr,  # [T, B, 3H]
+    hn_ptr,  # [T, B, H]
+    T,
+    B,
+    H,
+    HAS_BIAS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
+    acc_dtype = state_ptr.dtype.element_ty  # accumulation and pointwise math
+    out_dtype = y_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    row_in = (rows < B)[:, None]  # [BB, 1]
+    length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
+    span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
+    k_span = tl.arange(0, BLOCK_K)  # [BK] the same for a step of the dot's k-loop
+    offs = rows[:, None] * H + span[None, :]  # [BB, BH] into [B, H]
+    k_offs = rows[:, None] * H + k_span[None, :]  # [BB, BK] into [B, H]
+    gate_offs = rows[:, None] * 3 * H + span[None, :]  # [BB, BH] into [B, 3H]
+    w_offs = span[None, :] * H + k_span[:, None]  # [BK, BH] into [3H, H], transposed
+    plane = B * H  # elements of one step of [T, B, H]
+    for s in range(T):
+        t = T - 1 - s if REVERSE else s
+        keep = (t < length)[:, None]  # [BB, 1]
+        h_read = state_ptr + (s % 2) * plane
+        h_write = state_ptr + ((s + 1) % 2) * plane
+        t_plane = t.to(tl.int64) * plane
+        gx_t = gx_ptr + 3 * t_plane
+        gates_t = gates_ptr + 3 * t_plane
+        y_t = y_ptr + t_plane
+        hn_t = hn_ptr + t_plane
+        for j in range(0, H, BLOCK_H):
+            cols_in = span < H - j  # [BH]
+            tile = row_in & cols_in[None, :]  # [BB, BH]
+            # tl.full, not tl.zeros: a jit function, which the interpreter re-patches per call
+            acc_r = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
+            acc_z = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
+            acc_n = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
+            for k in range(0, H, BLOCK_K):
+                k_in = k_span < H - k  # [BK]
+                h_k = tl.load(h_read + k + k_offs, mask=row_in & k_in[None, :], other=0)
+                h_k = h_k.to(w_hh_ptr.dtype.element_ty)  # [BB, BK]
+                w_ptrs = w_hh_ptr + j * H + k + w_offs  # [BK, BH] tile of W_hr^T
+                w_in = k_in[:, None] & cols_in[None, :]
+                w_r = tl.load(w_ptrs, mask=w_in, other=0)
+                acc_r = tl.dot(h_k, w_r, acc_r, input_precision=PRECISION)
+                w_z = tl.load(w_ptrs + H * H, mask=w_in, other=0)
+                acc_z = tl.dot(h_k, w_z, acc_z, input_precision=PRECISION)
+                w_n = tl.load(w_ptrs + 2 * H * H, mask=w_in, other=0)
+                acc_n = tl.dot(h_k, w_n, acc_n, input_precision=PRECISION)
+            if HAS_BIAS:
+                b_ptrs = b_hh_ptr + j + span
+                acc_r += tl.load(b_ptrs, mask=cols_in, other=0).to(acc_dtype)[None, :]
+                acc_z += tl.load(b_ptrs + H, mask=cols_in, other=0).to(acc_dtype)[None, :]
+                acc_n += tl.load(b_ptrs + 2 * H, mask=cols_in, other=0).to(acc_dtype)[None, :]
+            gx_ptrs = gx_t + j + gate_offs
+            gx_r = tl.load(gx_ptrs, mask=tile, other=0).to(acc_dtype)
+            gx_z = tl.load(gx_ptrs + H, mask=tile, other=0).to(acc_dtype)
+            gx_n = tl.load(gx_ptrs + 2 * H, mask=tile, other=0).to(acc_dtype)
+            h_prev = tl.load(h_read + j + offs, mask=tile, other=0)
+            r = sigmoid(gx_r + acc_r)
+            z = sigmoid(gx_z + acc_z)
+            n = tanh(gx_n + r * acc_n)
+            h_new = (1 - z) * n + z * h_prev
+            gates_ptrs = gates_t + j + gate_offs
+            tl.store(gates_ptrs, tl.where(keep, r, 0).to(out_dtype), mask=tile)
+            tl.store(gates_ptrs + H, tl.where(keep, z, 0).to(out_dtype), mask=tile)
+            tl.store(gates_ptrs + 2 * H, tl.where(keep, n, 0).to(out_dtype), mask=tile)
+            tl.store(hn_t + j + offs, tl.where(keep, acc_n, 0).to(out_dtype), mask=tile)
+            tl.store(y_t + j + offs, tl.where(keep, h_new, 0).to(out_dtype), mask=tile)
+            tl.store(h_write + j + offs, tl.where(keep, h_new, h_prev), mask=tile)
+        tl.debug_barrier()  # h_t complete (and visible to the whole program) before step t+1
+
+
+@triton.jit
+def _gru_bwd_kernel(
+    grad_y_ptr,  # [T, B, H]
+    w_hh_ptr,  # [3H, H]
+    h0_ptr,  # [B, H]
+    lengths_ptr,  # [B] int64
+    y_ptr,  # [T, B, H]
+    gates_ptr,  # [T, B, 3H]
+    hn_ptr,  # [T, B, H]
+    dh_ptr,  # [B, H] accumulator dtype: grad_hT on entry, d_h0 on exit
+    d_gx_ptr,  # [T, B, 3H]
+    d_gh_ptr,  # [T, B, 3H]
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
+    acc_dtype = dh_ptr.dtype.element_ty  # accumulation and pointwise math
+    out_dtype = d_gx_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    row_in = (rows < B)[:, None]  # [BB, 1]
+    length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
+    span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
+    k_span = tl.arange(0, BLOCK_K)  # [BK] the same for a step of the dot's k-loop
+    offs = rows[:, None] * H + span[None, :]  # [BB, BH] into [B, H]
+    gate_offs = rows[:, None] * 3 * H + span[None, :]  # [BB, BH] into [B, 3H]
+    k_gate_offs = rows[:, None] * 3 * H + k_span[None, :]  # [BB, BK] into [B, 3H]
+    w_offs = k_span[:, None] * H + span[None, :]  # [BK, BH] into [3H, H]
+    plane = B * H  # elements of one step of [T, B, H]
+    for s in range(T):
+        t = s if REVERSE else T - 1 - s  # the forward's visiting order, backwards
+        keep = (t < length)[:, None]  # [BB, 1]
+        prev = t + 1 if REVERSE else t - 1  # the step h_{t-1} came out of, where valid
+        from_y = ((tl.full([BLOCK_B], prev, tl.int32) >= 0) & (prev < length))[:, None]
+        y_prev = y_ptr + prev.to(tl.int64) * plane
+        t_plane = t.to(tl.int64) * plane
+        grad_y_t = grad_y_ptr + t_plane
+        hn_t = hn_ptr + t_plane
+        gates_t = gates_ptr + 3 * t_plane
+        d_gx_t = d_gx_ptr + 3 * t_plane
+        d_gh_t = d_gh_ptr + 3 * t_plane
+        # Gate gradients; dh holds dh_t * z (the part not through W_hh) afterwards.
+        for j in range(0, H, BLOCK_H):
+            tile = row_in & (span < H - j)[None, :]  # [BB, BH]
+            dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
+            dh_t = dh + tl.load(grad_y_t + j + offs, mask=tile, other=0).to(acc_dtype)
+            gates_ptrs = gates_t + j + gate_offs
+            r = tl.load(gates_ptrs, mask=tile, other=0).to(acc_dtype)
+            z = tl.load(gates_ptrs + H, mask=tile, other=0).to(acc_dtype)
+            n = tl.load(gates_ptrs + 2 * H, mask=tile, other=0).to(acc_dtype)
+            hn = tl.load(hn_t + j + offs, mask=tile, other=0).to(acc_dtype)
+            h_prev = tl.where(
+                from_y,
+                tl.load(y_prev + j + offs, mask=tile & from_y, other=0),
+                tl.load(h0_ptr + j + offs, mask=tile, other=0),
+            ).to(acc_dtype)
+            d_n = dh_t * (1 - z) * (1 - n * n)
+            d_r = tl.where(keep, d_n * hn * r * (1 - r), 0).to(out_dtype)
+            d_z = tl.where(keep, dh_t * (h_prev - n) * z * (1 - z), 0).to(out_dtype)
+            d_gx_ptrs = d_gx_t + j + gate_offs
+            tl.store(d_gx_ptrs, d_r, mask=tile)
+            tl.store(d_gx_ptrs + H, d_z, mask=tile)
+            tl.store(d_gx_ptrs + 2 * H, tl.where(keep, d_n, 0).to(out_dtype), mask=tile)
+            d_gh_ptrs = d_gh_t + j + gate_offs
+            tl.store(d_gh_ptrs, d_r, mask=tile)
+            tl.store(d_gh_ptrs + H, d_z, mask=tile)
+            tl.store(d_gh_ptrs + 2 * H, tl.where(keep, d_n * r, 0).to(out_dtype), mask=tile)
+            tl.store(dh_ptr + j + offs, tl.where(keep, dh_t * z, dh), mask=tile)
+        tl.debug_barrier()  # every column of d_gh_t written before the dot reads them
+        # dh_{t-1} = dh_t * z + d_gh_t W_hh, a k-loop over all 3H gate columns.
+        for j in range(0, H, BLOCK_H):
+            cols_in = (span < H - j)[None, :]  # [1, BH]
+            acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
+            for k in range(0, 3 * H, BLOCK_K):
+                k_in = k_span < 3 * H - k  # [BK]
+                d_gh = tl.load(d_gh_t + k + k_gate_offs, mask=row_in & k_in[None, :], other=0)
+                w = tl.load(w_hh_ptr + k * H + j + w_offs, mask=k_in[:, None] & cols_in, other=0)
+                acc = tl.dot(d_gh, w, acc, input_precision=PRECISION)  # [BB, BK] x [BK, BH]
+            tile = row_in & cols_in
+            dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
+            tl.store(dh_ptr + j + offs, tl.where(keep, dh + acc, dh), mask=tile)
+        tl.debug_barrier()  # dh_{t-1} complete before step t-1 reads it
+
+
+BLOCK_B = 16  # batch rows per program: tl.dot's smallest M
+
+
+def _blocks(H: int, dtype: torch.dtype) -> dict[str, int]:
+    """Hidden columns per tile (BLOCK_H, up to 64) and the k-step of the recurrent dot (BLOCK_K:
+    128 bytes of a W_hh row, 64 fp16 / 32 fp32 / 16 fp64), powers of two from 16. The k-step
+    bounds the shared memory of the pipelined k-loop (README.md)."""
+    fit = max(16, triton.next_power_of_2(H))
+    block_k = 128 // dtype.itemsize
+    return {"BLOCK_H": min(64, fit), "BLOCK_K": min(block_k, fit)}
+
+
+def _check_sizes(B: int, H: int) -> None:
+    check_index_range(
+        "gru", [("one time step of gx (B*3H)", B * 3 * H), ("w_hh (3H*H)", 3 * H * H)]
+    )
+
+
+def gru_fwd(
+    gx: Tensor,  # [T, B, 3H]  x W_ih^T + b_ih
+    w_hh: Tensor,  # [3H, H]
+    b_hh: Tensor | None,  # [3H]
+    h0: Tensor,  # [B, H]
+    lengths: Tensor | None,  # [B] int64
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns y [T, B, H], hT [B, H], gates [T, B, 3H] (r, z, n after their activations) and
+    hn [T, B, H] (h W_hn^T + b_hn); both zero past a sequence's end."""
+    T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
+    _check_sizes(B, H)
+    gx, w_hh = gx.contiguous(), w_hh.contiguous()
+    y = gx.new_empty(T, B, H)
+    gates = gx.new_empty(T, B, 3 * H)
+    hn = gx.new_empty(T, B, H)
+    state = gx.new_empty(2, B, H, dtype=accumulator_dtype(gx.dtype))
+    state[0] = h0
+    b_hh_or_unused = b_hh.contiguous() if b_hh is not None else gx
+    _gru_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
+        gx, w_hh, b_hh_or_unused, sequence_lengths(lengths, T, B, gx.device), state, y, gates, hn,
+        T, B, H,
+        HAS_BIAS=b_hh is not None, REVERSE=reverse, PRECISION=input_precision(gx.dtype),
+        BLOCK_B=BLOCK_B, **_blocks(H, gx.dtype),
+    )  # fmt: skip
+    return y, state[T % 2].to(gx.dtype, copy=True), gates, hn
+
+
+def gru_bwd(
+    grad_y: Tensor,  # [T, B, H]
+    grad_hT: Tensor,  # [B, H]
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    h0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    y: Tensor,
+    gates: Tensor,
+    hn: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] (None without bias), d_h0 [B, H]."""
+    T, B, H = y.shape
+    _check_sizes(B, H)
+    d_gx = gates.new_empty(T, B, 3 * H)
+    d_gh = gates.new_empty(T, B, 3 * H)  # gradient of h W_hh^T + b_hh; d_gx but for the n part
+    dh = grad_hT.to(accumulator_dtype(y.dtype), memory_format=torch.contiguous_format, copy=True)
+    _gru_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
+        grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
+        sequence_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
+        hn.contiguous(), dh, d_gx, d_gh, T, B, H,
+        REVERSE=reverse, PRECISION=input_precision(y.dtype), BLOCK_B=BLOCK_B, **_blocks(H, y.dtype),
+    )  # fmt: skip
+    h_prev = previous_states(y, h0, lengths, reverse)
+    d_w_hh = d_gh.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
+    return d_gx, d_w_hh, d_b_hh, dh.to(y.dtype)

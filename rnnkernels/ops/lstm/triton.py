@@ -1,0 +1,373 @@
+"""LSTM layer kernels in Triton: the whole time loop of a layer inside one kernel (see README.md,
+"Triton kernel"). Same signatures and returns as naive.py.
+
+Each program owns a tile of BLOCK_B batch rows and runs every step for them. The recurrent state
+lives in global scratch, double-buffered by step parity, and ``tl.debug_barrier()`` (a CTA-wide
+barrier that also orders the program's global memory accesses) separates the phases of a step.
+Offsets into [T, B, ...] tensors are int64; weight offsets are int32 (check_index_range).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from rnnkernels.backends import triton_interpreted
+from rnnkernels.ops.steps import previous_states
+from rnnkernels.ops.triton_common import (
+    accumulator_dtype,
+    check_index_range,
+    input_precision,
+    sequence_lengths,
+    sigmoid,
+    tanh,
+)
+
+# Largest block: on a GPU, four [BLOCK_B, BLOCK_H] fp32 gate accumulators stay in registers; the
+# interpreter pays per operation, so fewer, larger tiles run faster there.
+MAX_BLOCK = 128 if triton_interpreted() else 32
+
+
+@triton.jit
+def _dot_tile(
+    acc,  # [BB, BN]
+    a,  # a[r, k] at a + a_rows[r] + k
+    a_rows,  # [BB, 1] int64
+    row_mask,  # [BB, 1]
+    b,  # b[k, n] at b + k * b_row_stride + b_cols[n]
+    b_row_stride,
+    b_cols,  # [1, BN] int64
+    col_mask,  # [1, BN]
+    K,
+    PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """acc + a[rows, :K] @ b[:K, cols]."""
+    for k in range(0, K, BLOCK_K):
+        ks = tl.arange(0, BLOCK_K).to(tl.int64) + k  # [BK]
+        k_in = ks < K
+        a_tile = tl.load(a + a_rows + ks[None, :], mask=row_mask & k_in[None, :], other=0)
+        b_tile = tl.load(
+            b + ks[:, None] * b_row_stride + b_cols, mask=k_in[:, None] & col_mask, other=0
+        )  # [BK, BN]
+        acc = tl.dot(a_tile, b_tile, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _gate_preacts(
+    gx_t,  # [B, 4H] at step t
+    tile,  # [BB, BH] offsets of gate i's tile in gx_t
+    mask,  # [BB, BH]
+    h_prev,  # [B, R]
+    h_rows,  # [BB, 1] int64 offsets of the rows in h_prev
+    row_mask,  # [BB, 1]
+    w_hh,  # [4H, R]
+    w_cols,  # [1, BH] int64 offsets of gate i's hidden units as columns of W_hh^T
+    col_mask,  # [1, BH]
+    H,
+    R,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """gx_t + h_prev @ W_hh^T on one tile of each gate i, f, g, o: four [BB, BH]."""
+    acc_i = tl.load(gx_t + tile, mask=mask, other=0).to(ACC)
+    acc_f = tl.load(gx_t + tile + H, mask=mask, other=0).to(ACC)
+    acc_g = tl.load(gx_t + tile + 2 * H, mask=mask, other=0).to(ACC)
+    acc_o = tl.load(gx_t + tile + 3 * H, mask=mask, other=0).to(ACC)
+    gate_stride = H * R  # int32: check_index_range bounds W_hh
+    for k in range(0, R, BLOCK_K):
+        ks = tl.arange(0, BLOCK_K).to(tl.int64) + k  # [BK]
+        k_in = ks < R
+        h = tl.load(h_prev + h_rows + ks[None, :], mask=row_mask & k_in[None, :], other=0)
+        w = w_hh + w_cols + ks[:, None]  # [BK, BH] pointers into W_hh^T, gate i
+        w_mask = k_in[:, None] & col_mask
+        w_i = tl.load(w, mask=w_mask, other=0)
+        w_f = tl.load(w + gate_stride, mask=w_mask, other=0)
+        w_g = tl.load(w + 2 * gate_stride, mask=w_mask, other=0)
+        w_o = tl.load(w + 3 * gate_stride, mask=w_mask, other=0)
+        acc_i = tl.dot(h, w_i, acc_i, input_precision=PRECISION)
+        acc_f = tl.dot(h, w_f, acc_f, input_precision=PRECISION)
+        acc_g = tl.dot(h, w_g, acc_g, input_precision=PRECISION)
+        acc_o = tl.dot(h, w_o, acc_o, input_precision=PRECISION)
+    return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def _lstm_fwd_kernel(
+    gx,  # [T, B, 4H]
+    w_hh,  # [4H, R]
+    w_hr,  # [P, H] (PROJ)
+    lengths,  # [B]
+    y,  # [T, B, R]
+    gates,  # [T, B, 4H]
+    cells,  # [T, B, H]
+    h_state,  # [2, B, R] scratch: the state by step parity
+    c_state,  # [2, B, H] scratch in the accumulator dtype
+    hidden,  # [B, H] scratch (PROJ): o * tanh(c) before projection
+    T,
+    B,
+    H,
+    R,
+    REVERSE: tl.constexpr,
+    PROJ: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
+    ACC = c_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    length = tl.load(lengths + rows, mask=rows < B, other=0)  # [BB]
+    row_mask = (rows < B)[:, None]  # [BB, 1]
+    rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
+    units = tl.arange(0, BLOCK_H).to(tl.int64)[None, :]  # [1, BH]
+    for s in range(T):
+        t = tl.cast(T - 1 - s if REVERSE else s, tl.int64)
+        valid = row_mask & (t < length)[:, None]  # [BB, 1]; state frozen elsewhere
+        parity = tl.cast(s % 2, tl.int64)
+        h_prev, h_next = h_state + parity * B * R, h_state + (1 - parity) * B * R
+        c_prev, c_next = c_state + parity * B * H, c_state + (1 - parity) * B * H
+        gx_t, gates_t = gx + t * B * 4 * H, gates + t * B * 4 * H
+        cells_t, y_t = cells + t * B * H, y + t * B * R
+        for j in range(0, H, BLOCK_H):
+            cols = units + j  # [1, BH]
+            col_mask = cols < H
+            mask = row_mask & col_mask
+            tile = rows_g + cols
+            acc_i, acc_f, acc_g, acc_o = _gate_preacts(
+                gx_t, tile, mask, h_prev, rows_r, row_mask, w_hh, cols * R, col_mask, H, R, ACC,
+                PRECISION, BLOCK_K,
+            )  # fmt: skip
+            i, f, g, o = sigmoid(acc_i), sigmoid(acc_f), tanh(acc_g), sigmoid(acc_o)  # [BB, BH]
+            state = rows_h + cols
+            c_old = tl.load(c_prev + state, mask=mask, other=0)
+            c = tl.where(valid, f * c_old + i * g, c_old)
+            tl.store(c_next + state, c, mask=mask)
+            out_ty = gates.dtype.element_ty
+            tl.store(cells_t + state, c.to(out_ty), mask=mask)
+            tl.store(gates_t + tile, tl.where(valid, i, 0).to(out_ty), mask=mask)
+            tl.store(gates_t + tile + H, tl.where(valid, f, 0).to(out_ty), mask=mask)
+            tl.store(gates_t + tile + 2 * H, tl.where(valid, g, 0).to(out_ty), mask=mask)
+            tl.store(gates_t + tile + 3 * H, tl.where(valid, o, 0).to(out_ty), mask=mask)
+            h = (o * tanh(c)).to(out_ty)  # [BB, BH]
+            if PROJ:
+                tl.store(hidden + state, h, mask=mask)
+            else:
+                h_old = tl.load(h_prev + state, mask=mask, other=0)
+                tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
+                tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
+        if PROJ:
+            tl.debug_barrier()  # all of o * tanh(c) is in `hidden`
+            for n in range(0, R, BLOCK_H):
+                cols = units + n  # [1, BP]
+                col_mask = cols < R
+                h = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
+                h = _dot_tile(h, hidden, rows_h, row_mask, w_hr, 1, cols * H, col_mask, H,
+                              PRECISION, BLOCK_K).to(y.dtype.element_ty)  # fmt: skip
+                mask = row_mask & col_mask
+                state = rows_r + cols
+                h_old = tl.load(h_prev + state, mask=mask, other=0)
+                tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
+                tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
+        tl.debug_barrier()  # step s written before step s + 1 reads it
+
+
+@triton.jit
+def _lstm_bwd_kernel(
+    grad_y,  # [T, B, R]
+    w_hh,  # [4H, R]
+    w_hr,  # [P, H] (PROJ)
+    c0,  # [B, H]
+    lengths,  # [B]
+    gates,  # [T, B, 4H] saved by the forward
+    cells,  # [T, B, H] saved by the forward
+    d_gx,  # [T, B, 4H]
+    d_h,  # [T, B, P] (PROJ): the gradient reaching each step's output
+    dh_state,  # [2, B, R] scratch in the accumulator dtype: the state gradients by step parity
+    dc_state,  # [2, B, H] scratch in the accumulator dtype
+    T,
+    B,
+    H,
+    R,
+    REVERSE: tl.constexpr,
+    PROJ: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
+    ACC = dh_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    length = tl.load(lengths + rows, mask=rows < B, other=0)  # [BB]
+    row_mask = (rows < B)[:, None]  # [BB, 1]
+    rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
+    units = tl.arange(0, BLOCK_H).to(tl.int64)[None, :]  # [1, BH]
+    for s in range(T):
+        t = tl.cast(s if REVERSE else T - 1 - s, tl.int64)  # the forward's last step comes first
+        valid = row_mask & (t < length)[:, None]  # [BB, 1]
+        parity = tl.cast(s % 2, tl.int64)
+        dh_prev, dh_next = dh_state + parity * B * R, dh_state + (1 - parity) * B * R
+        dc_prev, dc_next = dc_state + parity * B * H, dc_state + (1 - parity) * B * H
+        grad_y_t, d_h_t, d_gx_t = grad_y + t * B * R, d_h + t * B * R, d_gx + t * B * 4 * H
+        gates_t, cells_t = gates + t * B * 4 * H, cells + t * B * H
+        if s == T - 1:  # the forward's first step started from c0
+            c_before = c0
+        else:
+            c_before = cells + (t + 1 if REVERSE else t - 1) * B * H
+        if PROJ:
+            for n in range(0, R, BLOCK_H):
+                cols = units + n  # [1, BP]
+                mask = row_mask & (cols < R)
+                state = rows_r + cols
+                dh = tl.load(dh_prev + state, mask=mask, other=0)
+                dh += tl.load(grad_y_t + state, mask=mask, other=0).to(ACC)
+                tl.store(d_h_t + state, tl.where(valid, dh, 0).to(d_h.dtype.element_ty), mask=mask)
+            tl.debug_barrier()  # d_h[t] complete before the gate tiles project it back
+        for j in range(0, H, BLOCK_H):
+            cols = units + j  # [1, BH]
+            col_mask = cols < H
+            mask = row_mask & col_mask
+            state = rows_h + cols
+            if PROJ:  # dr = d_h[t] @ W_hr
+                dr = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
+                dr = _dot_tile(dr, d_h_t, rows_r, row_mask, w_hr, H, cols, col_mask, R, PRECISION,
+                               BLOCK_K)  # fmt: skip
+            else:
+                dr = tl.load(dh_prev + state, mask=mask, other=0)
+                dr += tl.load(grad_y_t + state, mask=mask, other=0).to(ACC)
+                dr = tl.where(valid, dr, 0)  # [BB, BH]
+            tile = rows_g + cols
+            i = tl.load(gates_t + tile, mask=mask, other=0).to(ACC)
+            f = tl.load(gates_t + tile + H, mask=mask, other=0).to(ACC)
+            g = tl.load(gates_t + tile + 2 * H, mask=mask, other=0).to(ACC)
+            o = tl.load(gates_t + tile + 3 * H, mask=mask, other=0).to(ACC)
+            tanh_c = tanh(tl.load(cells_t + state, mask=mask, other=0).to(ACC))
+            c_prev = tl.load(c_before + state, mask=mask, other=0).to(ACC)
+            dc_old = tl.load(dc_prev + state, mask=mask, other=0)
+            dc = dc_old + dr * o * (1 - tanh_c * tanh_c)
+            tl.store(dc_next + state, tl.where(valid, dc * f, dc_old), mask=mask)
+            out_ty = d_gx.dtype.element_ty
+            d_i = tl.where(valid, dc * g * i * (1 - i), 0)
+            d_f = tl.where(valid, dc * c_prev * f * (1 - f), 0)
+            d_g = tl.where(valid, dc * i * (1 - g * g), 0)
+            d_o = tl.where(valid, dr * tanh_c * o * (1 - o), 0)
+            tl.store(d_gx_t + tile, d_i.to(out_ty), mask=mask)
+            tl.store(d_gx_t + tile + H, d_f.to(out_ty), mask=mask)
+            tl.store(d_gx_t + tile + 2 * H, d_g.to(out_ty), mask=mask)
+            tl.store(d_gx_t + tile + 3 * H, d_o.to(out_ty), mask=mask)
+        tl.debug_barrier()  # d_gx[t] complete before dh = d_gx[t] @ W_hh reads all of it
+        for n in range(0, R, BLOCK_H):
+            cols = units + n  # [1, BR]
+            col_mask = cols < R
+            dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
+            dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
+                           PRECISION, BLOCK_K)  # fmt: skip
+            mask = row_mask & col_mask
+            state = rows_r + cols
+            dh_old = tl.load(dh_prev + state, mask=mask, other=0)
+            tl.store(dh_next + state, tl.where(valid, dh, dh_old), mask=mask)
+        tl.debug_barrier()  # step s written before step s + 1 reads it
+
+
+def _launch_options(x: Tensor, H: int) -> dict:
+    """The constexprs every launch of this module shares. Block sizes are powers of two from 16
+    (tl.dot's minimum) up to MAX_BLOCK, covering the batch, H and 4H when they are smaller."""
+
+    def block(n: int) -> int:
+        return min(MAX_BLOCK, max(16, triton.next_power_of_2(n)))
+
+    return dict(
+        PRECISION=input_precision(x.dtype),
+        BLOCK_B=block(x.shape[1]),
+        BLOCK_H=block(H),
+        BLOCK_K=block(4 * H),
+    )
+
+
+def _check_weights(w_hh: Tensor, w_hr: Tensor | None) -> None:
+    sizes = [("W_hh", w_hh.numel())] + ([("W_hr", w_hr.numel())] if w_hr is not None else [])
+    check_index_range("lstm", sizes)
+
+
+def _double_buffer(first: Tensor) -> Tensor:
+    """Scratch [2, *first.shape] in the accumulator dtype for a state indexed by step parity;
+    slot 0 holds ``first``."""
+    state = first.new_empty(2, *first.shape, dtype=accumulator_dtype(first.dtype))
+    state[0] = first
+    return state
+
+
+def lstm_fwd(
+    gx: Tensor,  # [T, B, 4H]  x W_ih^T + b_ih + b_hh
+    w_hh: Tensor,  # [4H, R]  R = P with projection, else H
+    w_hr: Tensor | None,  # [P, H]
+    h0: Tensor,  # [B, R]
+    c0: Tensor,  # [B, H]
+    lengths: Tensor | None,  # [B] int64
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns y [T, B, R], hT [B, R], cT [B, H], gates [T, B, 4H] (i, f, g, o after their
+    activations; zero past a sequence's end) and cells [T, B, H] (frozen past the end)."""
+    T, B, G = gx.shape
+    H, R = G // 4, w_hh.shape[1]
+    _check_weights(w_hh, w_hr)
+    gx, w_hh = gx.contiguous(), w_hh.contiguous()
+    options = _launch_options(gx, H)
+    y, gates, cells = gx.new_empty(T, B, R), torch.empty_like(gx), gx.new_empty(T, B, H)
+    h_state = torch.stack([h0, h0]).contiguous()  # the state h is y's dtype, as y is
+    c_state = _double_buffer(c0)
+    proj = w_hr is not None
+    hidden = gx.new_empty(B, H) if proj else c_state  # only the projection uses `hidden`
+    _lstm_fwd_kernel[(triton.cdiv(B, options["BLOCK_B"]),)](
+        gx, w_hh, w_hr.contiguous() if proj else w_hh, sequence_lengths(lengths, T, B, gx.device),
+        y, gates, cells, h_state, c_state, hidden, T, B, H, R,
+        REVERSE=reverse, PROJ=proj, **options,
+    )  # fmt: skip
+    return y, h_state[T % 2].clone(), c_state[T % 2].to(gx.dtype, copy=True), gates, cells
+
+
+def lstm_bwd(
+    grad_y: Tensor,  # [T, B, R]
+    grad_hT: Tensor,  # [B, R]
+    grad_cT: Tensor,  # [B, H]
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    y: Tensor,
+    gates: Tensor,
+    cells: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] (None without projection),
+    d_h0 [B, R], d_c0 [B, H]."""
+    T, B, G = gates.shape
+    H, R = G // 4, w_hh.shape[1]
+    _check_weights(w_hh, w_hr)
+    grad_y, w_hh, gates, cells = (x.contiguous() for x in (grad_y, w_hh, gates, cells))
+    options = _launch_options(gates, H)
+    proj = w_hr is not None
+    d_gx = torch.empty_like(gates)
+    d_h = torch.empty_like(grad_y) if proj else d_gx  # only the projection uses `d_h`
+    dh_state, dc_state = _double_buffer(grad_hT), _double_buffer(grad_cT)
+    lengths = sequence_lengths(lengths, T, B, gates.device)
+    _lstm_bwd_kernel[(triton.cdiv(B, options["BLOCK_B"]),)](
+        grad_y, w_hh, w_hr.contiguous() if proj else w_hh, c0.contiguous(), lengths, gates, cells,
+        d_gx, d_h, dh_state, dc_state, T, B, H, R,
+        REVERSE=reverse, PROJ=proj, **options,
+    )  # fmt: skip
+    h_prev = previous_states(y, h0, lengths, reverse)
+    d_w_hh = d_gx.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hr = None
+    if proj:
+        hidden = gates[..., 3 * H :] * cells.tanh()  # o * tanh(c), before projection
+        d_w_hr = d_h.flatten(0, 1).T @ hidden.flatten(0, 1)
+    d_h0 = dh_state[T % 2].to(h0.dtype, copy=True)
+    return d_gx, d_w_hh, d_w_hr, d_h0, dc_state[T % 2].to(c0.dtype, copy=True)

@@ -1,0 +1,132 @@
+"""The Triton backend on a CUDA GPU: LSTM and GRU modules against cuDNN's nn.LSTM / nn.GRU over
+the flag grid of test_parity.py (fp32 with TF32 off on both sides; fp16 / bf16 against cuDNN in
+fp32), IndRNN against the oracle, and an LSTM layer of sizes that cross many tiles and batch
+programs. Every test is marked gpu: skipped without CUDA."""
+
+import itertools
+
+import pytest
+import torch
+from test_parity import GRID, H, I, P, check_against_torch, make_hx, make_input
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+import rnnkernels
+from rnnkernels.ops.lstm import naive
+from rnnkernels.ops.lstm.op import lstm_fwd
+from rnnkernels.testing import assert_close, outputs_and_grads, torch_twin
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def tf32_off():
+    """fp32 parity holds with TF32 off for both sides (DESIGN.md section 7)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def on_gpu(x, dtype=None):
+    """A CUDA copy of a test input, padded or packed, or of hx, whose data is a leaf that
+    requires grad; in ``dtype`` when given."""
+    if isinstance(x, tuple) and not isinstance(x, PackedSequence):
+        return tuple(on_gpu(s, dtype) for s in x)
+    data = x.data if isinstance(x, PackedSequence) else x
+    data = data.detach().to("cuda", dtype).requires_grad_()
+    return x.to("cuda")._replace(data=data) if isinstance(x, PackedSequence) else data
+
+
+def make_module(cell, num_layers=2, bidirectional=True, proj_size=0, **flags):
+    if cell == "lstm":
+        return rnnkernels.LSTM(I, H, num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                               device="cuda", backend="triton", **flags)  # fmt: skip
+    return rnnkernels.GRU(I, H, num_layers, bidirectional=bidirectional, device="cuda",
+                          backend="triton", **flags)  # fmt: skip
+
+
+@pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0)])
+@pytest.mark.parametrize("bias,batch_first,bidirectional,num_layers,layout,with_hx", GRID)
+def test_matches_cudnn(cell, proj_size, bias, batch_first, bidirectional, num_layers, layout,
+                       with_hx):  # fmt: skip
+    m = make_module(cell, num_layers, bidirectional, proj_size, bias=bias, batch_first=batch_first)
+    x = on_gpu(make_input(layout, batch_first))
+    sizes = (proj_size or H, H) if cell == "lstm" else (H,)
+    hx = on_gpu(make_hx(m, layout, sizes)) if with_hx else None
+    check_against_torch(m, x, hx)
+
+
+class Upcast(nn.Module):
+    """A module whose outputs are seen in fp32, so that outputs_and_grads draws the same
+    cotangents for it as for an fp32 reference."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, input, hx=None):
+        output, states = self.module(input, hx)
+        output = output.data if isinstance(output, PackedSequence) else output
+        states = tuple(s.float() for s in states) if isinstance(states, tuple) else states.float()
+        return output.float(), states
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0)])
+@pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
+def test_low_precision_matches_cudnn_fp32(dtype, cell, proj_size, layout):
+    """Our module in ``dtype`` against cuDNN in fp32 on the same rounded weights and inputs,
+    within the dtype's bars in rnnkernels.testing.TOLERANCES."""
+    ours = make_module(cell, proj_size=proj_size).to(dtype)
+    reference = torch_twin(ours).float()
+    x = make_input(layout, False)
+    ours_out, ours_grads = outputs_and_grads(Upcast(ours), on_gpu(x, dtype), None)
+    ref_out, ref_grads = outputs_and_grads(reference, on_gpu(on_gpu(x, dtype), torch.float32), None)
+    for k, (a, b) in enumerate(zip(ours_out + ours_grads, ref_out + ref_grads)):
+        assert_close(a.to(dtype), b.to(dtype), f"tensor {k}")
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+@pytest.mark.parametrize(
+    "bidirectional,layout,with_hx",
+    list(itertools.product([False, True], ["padded", "packed", "unbatched"], [False, True])),
+)
+def test_indrnn_matches_oracle(nonlinearity, bidirectional, layout, with_hx):
+    m = rnnkernels.IndRNN(I, H, 2, nonlinearity, bidirectional=bidirectional, device="cuda",
+                          backend="triton")  # fmt: skip
+    x = on_gpu(make_input(layout, False))
+    hx = on_gpu(make_hx(m, layout, (H,))) if with_hx else None
+    ours_out, ours_grads = outputs_and_grads(m, x, hx)
+    m.backend = "reference"
+    ref_out, ref_grads = outputs_and_grads(m, x, hx)
+    for k, (a, b) in enumerate(zip(ours_out + ours_grads, ref_out + ref_grads)):
+        assert_close(a, b, f"tensor {k}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("P", [0, 100])
+def test_lstm_layer_across_many_tiles_matches_oracle(P, reverse):
+    """T=50, B=70 (three batch programs), H=300 (ten hidden tiles of 32) in fp64: many steps of
+    the barrier-separated phases, against the oracle with autograd."""
+    T, B, H = 50, 70, 300
+    g = torch.Generator().manual_seed(0)
+    R = P or H
+
+    def rand(*shape, scale=1.0):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+        return x.cuda().requires_grad_()
+
+    w_hr = rand(P, H, scale=H**-0.5) if P else None
+    lengths = torch.tensor([(7 * b + 3) % (T + 1) for b in range(B)], device="cuda")
+    args = (rand(T, B, 4 * H), rand(4 * H, R, scale=R**-0.5), w_hr, rand(B, R), rand(B, H),
+            lengths, reverse)  # fmt: skip
+    ours, expected = lstm_fwd(*args, "triton"), naive.lstm_fwd(*args)
+    for k, (a, b) in enumerate(zip(ours, expected)):
+        assert_close(a, b, f"forward output {k}")
+    cotangents = [torch.randn(o.shape, generator=g, dtype=o.dtype).cuda() for o in ours[:3]]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    ours_grads = torch.autograd.grad(ours[:3], leaves, cotangents)
+    expected_grads = torch.autograd.grad(expected[:3], leaves, cotangents)
+    for k, (a, b) in enumerate(zip(ours_grads, expected_grads)):
+        assert_close(a, b, f"gradient {k}")
