@@ -12,7 +12,7 @@ import rnnkernels
 from rnnkernels import bench
 from rnnkernels.bench import report
 
-PROVIDERS = ["torch", *rnnkernels.available_backends()]
+PROVIDERS = ["torch", *rnnkernels.available_backends()]  # triton runs in the interpreter here
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_main_writes_json_csv_png(tmp_path, capsys, monkeypatch, keep_threads):
     (cs,) = tmp_path.glob("bench-*-cpu-float32.csv")
     (png,) = tmp_path.glob("bench-*-cpu-float32.png")
     assert str(js) in out and str(cs) in out and str(png) in out
-    assert "speedup" in out and "peak MiB" in out
+    assert "speedup" in out and "peak MiB" in out and "1st ms" in out
 
     result = json.loads(js.read_text())
     machine = result["machine"]
@@ -53,9 +53,10 @@ def test_main_writes_json_csv_png(tmp_path, capsys, monkeypatch, keep_threads):
         assert r["device"] == "cpu" and r["dtype"] == "float32"
         if r["note"] is None:  # a provider that cannot run a cell carries a note instead
             assert r["ms"] > 0 and len(r["times_ms"]) == 1 and r["gflops"] > 0
+            assert r["first_ms"] > 0  # the warmup call, timed apart from the median
             assert r["peak_bytes"] > 0 and r["gemm_fraction"] > 0
         else:
-            assert r["ms"] is None and r["note"].startswith("skipped:")
+            assert r["ms"] is None and r["first_ms"] is None and r["note"].startswith("skipped:")
         if r["provider"] == "torch":
             assert r["ms"] is not None and r["speedup"] == pytest.approx(1.0)
 
@@ -152,6 +153,14 @@ def test_cuda_asked_for_without_cuda(capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+def test_default_backends_are_those_that_run_on_the_device(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's interpreter runs CPU tensors
+    assert bench.cli.parse_args(["--device", "cpu"]).backends == PROVIDERS[1:]
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # triton then runs CUDA tensors only
+    expected = [b for b in PROVIDERS[1:] if b != "triton"]
+    assert bench.cli.parse_args(["--device", "cpu"]).backends == expected
+
+
 def test_flops_formula():
     # LSTM, T=2 B=3 I=5 H=7: fwd 2*6*5*28 + 2*6*7*28; fwdbwd 3x.
     s = bench.Shape("lstm", 2, 3, 7, I=5)
@@ -170,8 +179,8 @@ def test_provider_errors_become_notes():
         raise RuntimeError("out of something\nmore")
 
     calls = {"torch": lambda: None, "x": refuses, "y": breaks}
-    times, notes = bench.time_providers(calls, reps=2, warmup=1)
-    assert len(times["torch"]) == 2 and set(times) == {"torch"}
+    times, notes, first = bench.time_providers(calls, reps=2, warmup=1)
+    assert len(times["torch"]) == 2 and set(times) == {"torch"} and set(first) == {"torch"}
     assert notes == {
         "x": "skipped: cannot run this",
         "y": "failed: RuntimeError: out of something",
@@ -235,8 +244,9 @@ def test_cuda_timing_and_memory_order(monkeypatch):
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: log.append("reset"))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 1000)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 5000)
-    times, notes = bench.time_providers({"p": lambda: log.append("call")}, 1, 0, "cuda")
+    times, notes, first = bench.time_providers({"p": lambda: log.append("call")}, 1, 0, "cuda")
     assert times == {"p": [2.5e-3]} and notes == {}
+    assert first == {"p": 2.5e-3}  # without warmup, the first timed call
     assert log == [
         *("event start", "event end", "synchronize", "record start"),
         *("call", "record end", "wait end"),
@@ -245,3 +255,14 @@ def test_cuda_timing_and_memory_order(monkeypatch):
     peak = bench.peak_memory(lambda: log.append("call"), "cuda", lambda: log.append("before"))
     assert peak == 4000
     assert log == ["before", "synchronize", "reset", "call", "synchronize"]
+
+
+def test_first_call_is_timed_apart_from_the_steady_state(monkeypatch):
+    """The first call (where a JIT compiles) is reported as first_s, outside the times."""
+    clock = iter([0.0, 0.5, 0.5, 0.51, 0.51, 0.52])  # perf_counter around each timed call
+    monkeypatch.setattr(bench.measure.time, "perf_counter", lambda: next(clock))
+    calls = []
+    times, notes, first = bench.time_providers({"jit": lambda: calls.append(1)}, reps=2, warmup=2)
+    assert len(calls) == 4 and notes == {}
+    assert first == {"jit": pytest.approx(0.5)}
+    assert times == {"jit": [pytest.approx(0.01), pytest.approx(0.01)]}

@@ -81,7 +81,9 @@ def _module_missing(*modules: str, extra: str) -> Callable[[], str | None]:
     def missing() -> str | None:
         for module in modules:
             if importlib.util.find_spec(module) is None:
-                return f"the package {module!r} is not installed (pip install 'rnnkernels[{extra}]')"
+                return (
+                    f"the package {module!r} is not installed (pip install 'rnnkernels[{extra}]')"
+                )
         return None
 
     return missing
@@ -107,7 +109,9 @@ def _triton_cannot_run(cell: str, x: torch.Tensor) -> str | None:
         if x.dtype == torch.bfloat16:
             return "Triton's interpreter computes bfloat16 wrongly; bfloat16 needs a GPU"
     elif x.device.type != "cuda":
-        return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device.type}"
+        return (
+            f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device.type}"
+        )
     if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return f"it supports float32, float64, float16 and bfloat16, got {x.dtype}"
     return None
@@ -132,7 +136,7 @@ _REGISTRY: dict[str, Backend] = {
         name="numba",
         description="Numba JIT CPU kernels (ops/<cell>/numba.py), fp32/fp64; no compiler needed",
         module="numba",
-        unavailable=_module_missing("numba", "scipy", extra="numba"),
+        unavailable=_module_missing("numba", "scipy", "threadpoolctl", extra="numba"),
         cannot_run=_numba_cannot_run,
     ),
     "triton": Backend(

@@ -6,9 +6,10 @@ forward, then ``loss = output.sum() + final states sum`` backward into the input
 parameter) and each provider (``torch`` = ``rnnkernels.testing.torch_twin`` of the module: cuDNN
 on GPU, torch's CPU path on CPU, an eager loop for IndRNN; plus each backend), the providers are
 warmed up, then called in turn (torch, backend, ..., torch, backend, ...) and the median time is
-reported with the speedup ``torch_ms / provider_ms`` from the same run, the GFLOP/s of the
-recurrent cell (:func:`cell_flops`), that rate as a fraction of this machine's GEMM rate measured
-at the start with a large ``torch.matmul``, and the peak memory of one call
+reported with the speedup ``torch_ms / provider_ms`` from the same run, the time of each
+provider's first call (``first_ms``: JIT compile or kernel-cache load; never part of the median),
+the GFLOP/s of the recurrent cell (:func:`cell_flops`), that rate as a fraction of this machine's
+GEMM rate measured at the start with a large ``torch.matmul``, and the peak memory of one call
 (:func:`measure.peak_memory`). Results go to JSON, CSV and a PNG plot.
 
 Modules: ``shapes`` (the table, FLOPs), ``measure`` (providers, timing, memory, machine),

@@ -50,7 +50,9 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
         "print a table and write JSON, CSV and a PNG plot.",
         epilog=f"shape presets (--shapes):\n{presets}\n\n"
         "speedup = torch ms / provider ms, both measured in this run (providers alternate, "
-        "medians).\npeak MiB = peak bytes held by tensors allocated during one call.",
+        "medians).\n1st ms = the provider's first call in the run (JIT compile or kernel-cache "
+        "load, first-touch allocations), not part of ms.\n"
+        "peak MiB = peak bytes held by tensors allocated during one call.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -72,9 +74,8 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--backends",
         type=_choices(available, "backend", known),
-        default=available,
         help=f"comma list of backends to time against torch (available here: "
-        f"{','.join(available)}; default: all)",
+        f"{','.join(available)}; default: those that run on the device)",
     )
     p.add_argument(
         "--modes",
@@ -142,7 +143,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"shape preset {name!r} is for --device {want}, not {args.device}")
     if args.warmup is None:
         args.warmup = 3 if args.device == "cuda" else 1
+    if args.backends is None:
+        args.backends = _runnable_backends(args.device, args.dtype)
     return args
+
+
+def _runnable_backends(device: str, dtype: str) -> list[str]:
+    """The available backends that can run a call on ``device`` in ``dtype``."""
+    import torch
+
+    import rnnkernels
+
+    x = torch.empty(0, device=device, dtype=getattr(torch, dtype))
+    return [
+        b
+        for b in rnnkernels.available_backends()
+        if rnnkernels.backends.why_not(b, "lstm", x) is None
+    ]
 
 
 def _load(path: str) -> dict:
@@ -187,7 +204,7 @@ def run(args) -> tuple[dict, list[dict]]:
                 step(f"{shape.cell} {shape.label} {mode}")
                 calls = {name: measure.make_call(m, x, mode) for name, m in modules.items()}
                 reps = args.reps or shape.reps
-                times, notes = measure.time_providers(calls, reps, args.warmup, device)
+                times, notes, first = measure.time_providers(calls, reps, args.warmup, device)
                 ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
                 flops = cell_flops(shape, mode)
                 for name, module in modules.items():
@@ -201,6 +218,7 @@ def run(args) -> tuple[dict, list[dict]]:
                         params=asdict(shape),
                         flops=flops,
                         ms=ms.get(name),
+                        first_ms=1e3 * first[name] if name in first else None,
                         times_ms=[1e3 * t for t in times.get(name, [])],
                         speedup=None,
                         gflops=None,

@@ -105,29 +105,39 @@ def _timer(device: str):
     return events
 
 
-def time_providers(calls: dict, reps: int, warmup: int, device: str = "cpu") -> tuple[dict, dict]:
+def time_providers(
+    calls: dict, reps: int, warmup: int, device: str = "cpu"
+) -> tuple[dict, dict, dict]:
     """Warm up each provider, then alternate them (a, b, ..., a, b, ...) for ``reps`` rounds.
-    Returns (times_s, notes): a provider that raises gets a note instead of times: "skipped:
+    Returns (times_s, notes, first_s): ``first_s`` is each provider's first call in this run
+    (the first warmup call, or the first timed one without warmup), which includes one-time
+    costs such as a JIT compile or loading compiled kernels from a cache, and is kept out of the
+    steady-state times. A provider that raises gets a note instead of times: "skipped:
     <reason>" for a BackendError (the backend cannot run this), "failed: <error>" otherwise."""
     from rnnkernels import BackendError
 
-    notes = {}
+    timer = _timer(device)
+    notes, first = {}, {}
     for name, fn in calls.items():
         try:
-            for _ in range(warmup):
+            if warmup:
+                first[name] = timer(fn)
+            for _ in range(warmup - 1):
                 fn()
         except BackendError as e:
             notes[name] = f"skipped: {e}"
         except Exception as e:  # a benchmark run reports a failing provider and goes on
             notes[name] = f"failed: {type(e).__name__}: {e}".splitlines()[0]
             _release(device)
-    timer = _timer(device)
     live = [n for n in calls if n not in notes]
     times = {n: [] for n in live}
     for _ in range(reps):
         for name in live:
             times[name].append(timer(calls[name]))
-    return times, notes
+    for name in live:
+        if name not in first and times[name]:
+            first[name] = times[name][0]
+    return times, notes, {n: first[n] for n in live if n in first}
 
 
 def _release(device: str) -> None:

@@ -6,7 +6,9 @@ import csv
 import json
 import sys
 
-COLUMNS = ("cell", "shape", "mode", "provider", "ms", "speedup", "GFLOP/s", "% GEMM", "peak MiB")
+# "1st ms": the provider's first call in the run (JIT compile, kernel-cache load), not in "ms".
+COLUMNS = ("cell", "shape", "mode", "provider", "ms", "1st ms", "speedup", "GFLOP/s", "% GEMM")
+COLUMNS += ("peak MiB",)
 # CSV: one flat row per (shape, mode, provider), the machine's description repeated on each.
 CSV_FIELDS = (
     "device",
@@ -25,6 +27,7 @@ CSV_FIELDS = (
     "packed",
     "reps",
     "ms",
+    "first_ms",
     "speedup",
     "gflops",
     "gemm_fraction",
@@ -53,12 +56,13 @@ def _sig(v: float | None) -> str:
 def _fmt(row: dict) -> list[str]:
     head = [row["cell"], row["shape"], row["mode"], row["provider"]]
     if row["ms"] is None:
-        return [*head, "-", "-", "-", (row["note"] or "-").split(":")[0], "-"]
+        return [*head, "-", "-", "-", "-", (row["note"] or "-").split(":")[0], "-"]
     speedup = "-" if row["speedup"] is None else f"{row['speedup']:.2f}x"
     peak = None if row["peak_bytes"] is None else row["peak_bytes"] / 2**20
     return [
         *head,
         f"{row['ms']:.2f}",
+        "-" if row["first_ms"] is None else f"{row['first_ms']:.2f}",
         speedup,
         _sig(row["gflops"]),
         _sig(100 * row["gemm_fraction"]),
