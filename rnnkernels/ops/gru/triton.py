@@ -80,11 +80,11 @@ def _gru_fwd_kernel(
                 w_ptrs = w_hh_ptr + j * H + k + w_offs  # [BK, BH] tile of W_hr^T
                 w_in = k_in[:, None] & cols_in[None, :]
                 w_r = tl.load(w_ptrs, mask=w_in, other=0)
-                acc_r = tl.dot(h_k, w_r, acc_r, input_precision=PRECISION)
+                acc_r = tl.dot(h_k, w_r, acc_r, input_precision=PRECISION, out_dtype=acc_r.dtype)
                 w_z = tl.load(w_ptrs + H * H, mask=w_in, other=0)
-                acc_z = tl.dot(h_k, w_z, acc_z, input_precision=PRECISION)
+                acc_z = tl.dot(h_k, w_z, acc_z, input_precision=PRECISION, out_dtype=acc_z.dtype)
                 w_n = tl.load(w_ptrs + 2 * H * H, mask=w_in, other=0)
-                acc_n = tl.dot(h_k, w_n, acc_n, input_precision=PRECISION)
+                acc_n = tl.dot(h_k, w_n, acc_n, input_precision=PRECISION, out_dtype=acc_n.dtype)
             if HAS_BIAS:
                 b_ptrs = b_hh_ptr + j + span
                 acc_r += tl.load(b_ptrs, mask=cols_in, other=0).to(acc_dtype)[None, :]
@@ -191,7 +191,8 @@ def _gru_bwd_kernel(
                 k_in = k_span < 3 * H - k  # [BK]
                 d_gh = tl.load(d_gh_t + k + k_gate_offs, mask=row_in & k_in[None, :], other=0)
                 w = tl.load(w_hh_ptr + k * H + j + w_offs, mask=k_in[:, None] & cols_in, other=0)
-                acc = tl.dot(d_gh, w, acc, input_precision=PRECISION)  # [BB, BK] x [BK, BH]
+                # [BB, BK] x [BK, BH]; out_dtype: triton 3.6 otherwise takes fp32 for fp64 inputs
+                acc = tl.dot(d_gh, w, acc, input_precision=PRECISION, out_dtype=acc_dtype)
             tile = row_in & cols_in
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
             tl.store(dh_ptr + j + offs, tl.where(keep, dh + acc, dh), mask=tile)

@@ -52,7 +52,7 @@ def _dot_tile(
         b_tile = tl.load(
             b + ks[:, None] * b_row_stride + b_cols, mask=k_in[:, None] & col_mask, other=0
         )  # [BK, BN]
-        acc = tl.dot(a_tile, b_tile, acc, input_precision=PRECISION)
+        acc = tl.dot(a_tile, b_tile, acc, input_precision=PRECISION, out_dtype=acc.dtype)
     return acc
 
 
@@ -89,10 +89,10 @@ def _gate_preacts(
         w_f = tl.load(w + gate_stride, mask=w_mask, other=0)
         w_g = tl.load(w + 2 * gate_stride, mask=w_mask, other=0)
         w_o = tl.load(w + 3 * gate_stride, mask=w_mask, other=0)
-        acc_i = tl.dot(h, w_i, acc_i, input_precision=PRECISION)
-        acc_f = tl.dot(h, w_f, acc_f, input_precision=PRECISION)
-        acc_g = tl.dot(h, w_g, acc_g, input_precision=PRECISION)
-        acc_o = tl.dot(h, w_o, acc_o, input_precision=PRECISION)
+        acc_i = tl.dot(h, w_i, acc_i, input_precision=PRECISION, out_dtype=acc_i.dtype)
+        acc_f = tl.dot(h, w_f, acc_f, input_precision=PRECISION, out_dtype=acc_f.dtype)
+        acc_g = tl.dot(h, w_g, acc_g, input_precision=PRECISION, out_dtype=acc_g.dtype)
+        acc_o = tl.dot(h, w_o, acc_o, input_precision=PRECISION, out_dtype=acc_o.dtype)
     return acc_i, acc_f, acc_g, acc_o
 
 
