@@ -62,12 +62,8 @@ def _extension_missing() -> str | None:
     return _extension_error[0]
 
 
-_CPP_CELLS = ("indrnn", "gru", "lstm")  # the LSTM and GRU C++ kernels are issue #3
-
-
-def _cpp_cannot_run(cell: str, x: torch.Tensor) -> str | None:
-    if cell not in _CPP_CELLS:
-        return f"this build has C++ kernels for {', '.join(_CPP_CELLS)} only, not {cell}"
+def _cpu_float_cannot_run(cell: str, x: torch.Tensor) -> str | None:
+    """What the CPU backends (cpp, numba) run: every cell on CPU tensors, float32 or float64."""
     if x.device.type != "cpu":
         return f"it runs on CPU tensors, got a {x.device.type} tensor"
     if x.dtype not in (torch.float32, torch.float64):
@@ -87,14 +83,6 @@ def _module_missing(*modules: str, extra: str) -> Callable[[], str | None]:
         return None
 
     return missing
-
-
-def _numba_cannot_run(cell: str, x: torch.Tensor) -> str | None:
-    if x.device.type != "cpu":
-        return f"it runs on CPU tensors, got a {x.device.type} tensor"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"it supports float32 and float64, got {x.dtype}"
-    return None
 
 
 def triton_interpreted() -> bool:
@@ -130,14 +118,14 @@ _REGISTRY: dict[str, Backend] = {
         description="compiled C++ CPU kernels (csrc/), fp32/fp64",
         module="cpp",
         unavailable=_extension_missing,
-        cannot_run=_cpp_cannot_run,
+        cannot_run=_cpu_float_cannot_run,
     ),
     "numba": Backend(
         name="numba",
         description="Numba JIT CPU kernels (ops/<cell>/numba.py), fp32/fp64; no compiler needed",
         module="numba",
         unavailable=_module_missing("numba", "scipy", "threadpoolctl", extra="numba"),
-        cannot_run=_numba_cannot_run,
+        cannot_run=_cpu_float_cannot_run,
     ),
     "triton": Backend(
         name="triton",

@@ -238,10 +238,3 @@ def step_threads(step_flops: int) -> Iterator[None]:
 def as_array(t: Tensor) -> np.ndarray:
     """A zero-copy numpy view of a CPU tensor (of a contiguous copy if it is not contiguous)."""
     return t.detach().contiguous().numpy()
-
-
-def valid_lengths(lengths: Tensor | None, T: int, B: int) -> np.ndarray:
-    """[B] int64: valid steps per sequence clipped to [0, T]; all T when absent."""
-    if lengths is None:
-        return np.full(B, T, dtype=np.int64)
-    return as_array(lengths.to(torch.int64).clamp(0, T))

@@ -30,6 +30,22 @@ def keep(valid: Tensor | None, new: Tensor, old: Tensor | float) -> Tensor:
     return torch.where(valid, new, old)
 
 
+def full_lengths(
+    lengths: Tensor | None, T: int, B: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """[B] int64 on ``device``: the valid steps of each sequence clipped to [0, T]; all T when a
+    call has no lengths. What the kernels of every backend index with."""
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int64, device=device)
+    return lengths.to(device=device, dtype=torch.int64).clamp(0, T).contiguous()
+
+
+def weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
+    """[N, K]: the gradient of a weight applied at every step, sum over t and b of
+    d_out[t, b]^T inputs[t, b], as one GEMM over all T*B rows ([T, B, N] and [T, B, K] in)."""
+    return d_out.flatten(0, 1).T @ inputs.flatten(0, 1)
+
+
 def previous_states(y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
     """[T, B, R]: the recurrent state each valid step started from, rebuilt from y and h0.
 

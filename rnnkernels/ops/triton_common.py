@@ -46,12 +46,3 @@ def check_index_range(cell: str, sizes: list[tuple[str, int]]) -> None:
                 f"backend 'triton' cannot run this {cell} call: {what} has {numel} elements, "
                 f"beyond the Triton kernels' int32 index limit of {INDEX_LIMIT}"
             )
-
-
-def sequence_lengths(
-    lengths: torch.Tensor | None, T: int, B: int, device: torch.device
-) -> torch.Tensor:
-    """[B] int64 lengths on the kernels' ``device``: all ``T`` when a call has none."""
-    if lengths is None:
-        return torch.full((B,), T, device=device)
-    return lengths.to(device).contiguous()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps
+from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps, weight_grad
 
 
 def gru_fwd(
@@ -67,6 +67,6 @@ def gru_bwd(
         dh = keep(valid, dh_t * z + d_gh_t @ w_hh, dh)
         d_gx[t] = d_gx_t
         d_gh[t] = d_gh_t
-    d_w_hh = d_gh.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
     return d_gx, d_w_hh, d_b_hh, dh

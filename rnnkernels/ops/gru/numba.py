@@ -21,10 +21,9 @@ from rnnkernels.ops.numba_jit import (
     step_gemm,
     step_threads,
     tanh,
-    valid_lengths,
     valid_span,
 )
-from rnnkernels.ops.steps import previous_states
+from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 
 
 @kernel(
@@ -152,7 +151,8 @@ def gru_fwd(
     bias = as_array(b_hh) if b_hh is not None else np.zeros(G, dtype=as_array(gx).dtype)
     with step_threads(2 * B * H * G):
         gru_fwd_kernel(
-            as_array(gx), as_array(w_hh), bias, as_array(h0), valid_lengths(lengths, T, B), reverse,
+            as_array(gx), as_array(w_hh), bias, as_array(h0),
+            as_array(full_lengths(lengths, T, B)), reverse,
             y.numpy(), hT.numpy(), gates.numpy(), hn.numpy(), np.empty((B, G), bias.dtype),
             TORCH_BLAS,
         )  # fmt: skip
@@ -180,11 +180,11 @@ def gru_bwd(
     h_prev = previous_states(y.detach(), h0.detach(), lengths, reverse).contiguous()
     with step_threads(2 * B * H * G):
         gru_bwd_kernel(
-            as_array(grad_y), as_array(w_hh), valid_lengths(lengths, T, B), reverse,
+            as_array(grad_y), as_array(w_hh), as_array(full_lengths(lengths, T, B)), reverse,
             as_array(gates), as_array(hn), h_prev.numpy(), d_gx.numpy(), d_h0.numpy(),
             d_gh.numpy(), np.empty((B, H), dtype=as_array(y).dtype), TORCH_BLAS,
         )  # fmt: skip
     # The weight gradients are a GEMM and a sum over all T*B rows: torch's, on all its threads.
-    d_w_hh = d_gh.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
     return d_gx, d_w_hh, d_b_hh, d_h0

@@ -12,12 +12,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnkernels.ops.steps import previous_states
+from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
     input_precision,
-    sequence_lengths,
     sigmoid,
     tanh,
 )
@@ -237,7 +236,7 @@ def gru_fwd(
     state[0] = h0
     b_hh_or_unused = b_hh.contiguous() if b_hh is not None else gx
     _gru_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-        gx, w_hh, b_hh_or_unused, sequence_lengths(lengths, T, B, gx.device), state, y, gates, hn,
+        gx, w_hh, b_hh_or_unused, full_lengths(lengths, T, B, gx.device), state, y, gates, hn,
         T, B, H,
         HAS_BIAS=b_hh is not None, REVERSE=reverse, PRECISION=input_precision(gx.dtype),
         BLOCK_B=BLOCK_B, **_blocks(H, gx.dtype),
@@ -265,11 +264,11 @@ def gru_bwd(
     dh = grad_hT.to(accumulator_dtype(y.dtype), memory_format=torch.contiguous_format, copy=True)
     _gru_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
-        sequence_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
+        full_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
         hn.contiguous(), dh, d_gx, d_gh, T, B, H,
         REVERSE=reverse, PRECISION=input_precision(y.dtype), BLOCK_B=BLOCK_B, **_blocks(H, y.dtype),
     )  # fmt: skip
     h_prev = previous_states(y, h0, lengths, reverse)
-    d_w_hh = d_gh.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
     return d_gx, d_w_hh, d_b_hh, dh.to(y.dtype)

@@ -13,7 +13,8 @@ from numba import types
 from torch import Tensor
 
 from rnnkernels.ops.indrnn.naive import NONLINEARITIES
-from rnnkernels.ops.numba_jit import as_array, kernel, tanh, valid_lengths
+from rnnkernels.ops.numba_jit import as_array, kernel, tanh
+from rnnkernels.ops.steps import full_lengths
 
 
 @kernel(
@@ -116,8 +117,8 @@ def indrnn_fwd(
     T, B, H = gx.shape
     y, hT = torch.empty(T, B, H, dtype=gx.dtype), torch.empty(B, H, dtype=gx.dtype)
     indrnn_fwd_kernel(
-        as_array(gx), as_array(u), as_array(h0), valid_lengths(lengths, T, B), reverse,
-        _relu(nonlinearity), y.numpy(), hT.numpy(),
+        as_array(gx), as_array(u), as_array(h0), as_array(full_lengths(lengths, T, B)),
+        reverse, _relu(nonlinearity), y.numpy(), hT.numpy(),
     )  # fmt: skip
     return y, hT
 
@@ -137,7 +138,7 @@ def indrnn_bwd(
     d_gx, d_u = torch.empty(T, B, H, dtype=y.dtype), torch.empty(H, dtype=y.dtype)
     d_h0 = torch.empty(B, H, dtype=y.dtype).copy_(grad_hT)
     indrnn_bwd_kernel(
-        as_array(grad_y), as_array(u), as_array(h0), valid_lengths(lengths, T, B), reverse,
-        _relu(nonlinearity), as_array(y), d_gx.numpy(), d_u.numpy(), d_h0.numpy(),
+        as_array(grad_y), as_array(u), as_array(h0), as_array(full_lengths(lengths, T, B)),
+        reverse, _relu(nonlinearity), as_array(y), d_gx.numpy(), d_u.numpy(), d_h0.numpy(),
     )  # fmt: skip
     return d_gx, d_u, d_h0

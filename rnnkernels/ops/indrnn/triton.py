@@ -13,10 +13,10 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnkernels.ops.indrnn.naive import NONLINEARITIES
+from rnnkernels.ops.steps import full_lengths
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
-    sequence_lengths,
     tanh,
 )
 
@@ -129,7 +129,7 @@ def _prepare(
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     check_index_range("indrnn", [("one time step of gx (B*H)", B * u.shape[0])])
-    return u.to(accumulator_dtype(dtype)).contiguous(), sequence_lengths(lengths, T, B, u.device)
+    return u.to(accumulator_dtype(dtype)).contiguous(), full_lengths(lengths, T, B, u.device)
 
 
 def indrnn_fwd(

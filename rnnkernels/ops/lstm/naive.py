@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps
+from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps, weight_grad
 
 
 def lstm_fwd(
@@ -83,9 +83,9 @@ def lstm_bwd(
         d_gx[t] = d_pre
         d_h[t] = dh_t
     h_prev = previous_states(y, h0, lengths, reverse)
-    d_w_hh = d_gx.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hh = weight_grad(d_gx, h_prev)
     d_w_hr = None
     if w_hr is not None:
         hidden = gates[..., 3 * w_hr.shape[1] :] * cells.tanh()  # o * tanh(c), before projection
-        d_w_hr = d_h.flatten(0, 1).T @ hidden.flatten(0, 1)
+        d_w_hr = weight_grad(d_h, hidden)
     return d_gx, d_w_hh, d_w_hr, dh, dc

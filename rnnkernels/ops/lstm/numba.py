@@ -22,10 +22,9 @@ from rnnkernels.ops.numba_jit import (
     step_gemm,
     step_threads,
     tanh,
-    valid_lengths,
     valid_span,
 )
-from rnnkernels.ops.steps import previous_states
+from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 
 
 @kernel(
@@ -201,7 +200,7 @@ def lstm_fwd(
     with step_threads(2 * B * R * G):
         lstm_fwd_kernel(
             as_array(gx), as_array(w_hh), w_hr_array, proj, as_array(h0), as_array(c0),
-            valid_lengths(lengths, T, B), reverse,
+            as_array(full_lengths(lengths, T, B)), reverse,
             y.numpy(), hT.numpy(), cT.numpy(), gates.numpy(), cells.numpy(), hidden, TORCH_BLAS,
         )  # fmt: skip
     return y, hT, cT, gates, cells
@@ -236,12 +235,12 @@ def lstm_bwd(
     with step_threads(2 * B * R * G):
         lstm_bwd_kernel(
             as_array(grad_y), as_array(w_hh), w_hr_array, proj, as_array(c0),
-            valid_lengths(lengths, T, B), reverse, as_array(gates), as_array(cells),
+            as_array(full_lengths(lengths, T, B)), reverse, as_array(gates), as_array(cells),
             d_gx.numpy(), d_h0.numpy(), d_c0.numpy(), dh_t.numpy(), hidden.numpy(),
             np.empty((B, H), dtype), np.empty((B, R), dtype), TORCH_BLAS,
         )  # fmt: skip
     # The weight gradients are single GEMMs over all T*B rows: torch's, on all its threads.
     h_prev = previous_states(y.detach(), h0.detach(), lengths, reverse)
-    d_w_hh = d_gx.flatten(0, 1).T @ h_prev.flatten(0, 1)
-    d_w_hr = dh_t.flatten(0, 1).T @ hidden.flatten(0, 1) if proj else None
+    d_w_hh = weight_grad(d_gx, h_prev)
+    d_w_hr = weight_grad(dh_t, hidden) if proj else None
     return d_gx, d_w_hh, d_w_hr, d_h0, d_c0

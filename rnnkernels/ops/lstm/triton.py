@@ -15,12 +15,11 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnkernels.backends import triton_interpreted
-from rnnkernels.ops.steps import previous_states
+from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
     input_precision,
-    sequence_lengths,
     sigmoid,
     tanh,
 )
@@ -325,7 +324,7 @@ def lstm_fwd(
     proj = w_hr is not None
     hidden = gx.new_empty(B, H) if proj else c_state  # only the projection uses `hidden`
     _lstm_fwd_kernel[(triton.cdiv(B, options["BLOCK_B"]),)](
-        gx, w_hh, w_hr.contiguous() if proj else w_hh, sequence_lengths(lengths, T, B, gx.device),
+        gx, w_hh, w_hr.contiguous() if proj else w_hh, full_lengths(lengths, T, B, gx.device),
         y, gates, cells, h_state, c_state, hidden, T, B, H, R,
         REVERSE=reverse, PROJ=proj, **options,
     )  # fmt: skip
@@ -357,17 +356,17 @@ def lstm_bwd(
     d_gx = torch.empty_like(gates)
     d_h = torch.empty_like(grad_y) if proj else d_gx  # only the projection uses `d_h`
     dh_state, dc_state = _double_buffer(grad_hT), _double_buffer(grad_cT)
-    lengths = sequence_lengths(lengths, T, B, gates.device)
+    lengths = full_lengths(lengths, T, B, gates.device)
     _lstm_bwd_kernel[(triton.cdiv(B, options["BLOCK_B"]),)](
         grad_y, w_hh, w_hr.contiguous() if proj else w_hh, c0.contiguous(), lengths, gates, cells,
         d_gx, d_h, dh_state, dc_state, T, B, H, R,
         REVERSE=reverse, PROJ=proj, **options,
     )  # fmt: skip
     h_prev = previous_states(y, h0, lengths, reverse)
-    d_w_hh = d_gx.flatten(0, 1).T @ h_prev.flatten(0, 1)
+    d_w_hh = weight_grad(d_gx, h_prev)
     d_w_hr = None
     if proj:
         hidden = gates[..., 3 * H :] * cells.tanh()  # o * tanh(c), before projection
-        d_w_hr = d_h.flatten(0, 1).T @ hidden.flatten(0, 1)
+        d_w_hr = weight_grad(d_h, hidden)
     d_h0 = dh_state[T % 2].to(h0.dtype, copy=True)
     return d_gx, d_w_hh, d_w_hr, d_h0, dc_state[T % 2].to(c0.dtype, copy=True)
