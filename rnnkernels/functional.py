@@ -174,10 +174,10 @@ class _Layout:
         if self.packed is not None:
             self.x = input.data
             self.B = int(input.batch_sizes[0])
-            lengths = _packed_lengths(input.batch_sizes)  # sorted order
-            if input.unsorted_indices is not None:
-                lengths = lengths[input.unsorted_indices]  # the caller's order, as hx is
-            self.lengths = lengths.to(self.x.device)
+            lengths = _packed_lengths(input.batch_sizes)  # sorted order, on the CPU
+            if input.unsorted_indices is not None:  # the caller's order, as hx is
+                lengths = lengths[input.unsorted_indices.cpu()]
+            self.cpu_lengths, self.lengths = lengths, lengths.to(self.x.device)
         else:
             x = input.unsqueeze(1) if self.unbatched else input
             self.x = x.transpose(0, 1) if batch_first and not self.unbatched else x
@@ -196,7 +196,7 @@ class _Layout:
         """[T, B, G] -> rows in the input's layout."""
         if self.packed is None:
             return y
-        lengths = self.lengths.cpu()
+        lengths = self.cpu_lengths
         if self.packed.sorted_indices is not None:
             y = y.index_select(1, self.packed.sorted_indices)
             lengths = lengths[self.packed.sorted_indices.cpu()]
