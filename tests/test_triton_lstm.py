@@ -68,7 +68,9 @@ def test_tiles_match_oracle(kernels, monkeypatch, T, B, H, P, max_block, reverse
     """Blocks of 16 (as small as tl.dot allows) crossed by B, H, P and 4H and partly filled;
     H=130 also crosses the default block."""
     if max_block is not None:
-        monkeypatch.setattr(kernels, "MAX_BLOCK", max_block)
+        monkeypatch.setattr(kernels, "MAX_BLOCK_B", max_block)
+        monkeypatch.setattr(kernels, "MAX_BLOCK_H", max_block)
+        monkeypatch.setattr(kernels, "BLOCK_K_BYTES", max_block * torch.float64.itemsize)
     args = layer_args(T, B, H, P, "mixed", reverse)
     assert_all_close(run_layer(kernels, args), run_layer(naive, args))
 

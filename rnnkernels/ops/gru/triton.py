@@ -1,8 +1,10 @@
 """GRU layer kernels in Triton (CUDA; CPU tensors under TRITON_INTERPRET=1).
 
-Same signatures and returns as naive.py. One program owns a tile of BLOCK_B batch rows and runs
-the whole time loop for it, hidden tile by hidden tile; W_hh is streamed from global memory (L2)
-every step, so no hidden size is too large for the chip. Design and limits: README.md here.
+Same signatures and returns as naive.py. The grid is (batch tiles of BLOCK_B rows, SPLIT programs
+per batch tile); the SPLIT programs of a batch tile run the whole time loop together, each on its
+own hidden tiles (j = part * BLOCK_H, then every SPLIT * BLOCK_H), with ``step_barrier`` ending
+each phase whose results the others read. W_hh is streamed from global memory (L2) every step, so
+no hidden size is too large for the chip. Design and limits: README.md here.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
+    cooperative,
     input_precision,
     sigmoid,
+    split_programs,
+    step_barrier,
     tanh,
 )
 
@@ -32,12 +37,14 @@ def _gru_fwd_kernel(
     y_ptr,  # [T, B, H]
     gates_ptr,  # [T, B, 3H]
     hn_ptr,  # [T, B, H]
+    arrivals_ptr,  # [batch tiles] int32 zeros: step_barrier's counters
     T,
     B,
     H,
     HAS_BIAS: tl.constexpr,
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -46,6 +53,9 @@ def _gru_fwd_kernel(
     acc_dtype = state_ptr.dtype.element_ty  # accumulation and pointwise math
     out_dtype = y_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
+    arrivals_ptr += tl.program_id(0)
+    arrivals = 0
     row_in = (rows < B)[:, None]  # [BB, 1]
     length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
     span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
@@ -65,7 +75,7 @@ def _gru_fwd_kernel(
         gates_t = gates_ptr + 3 * t_plane
         y_t = y_ptr + t_plane
         hn_t = hn_ptr + t_plane
-        for j in range(0, H, BLOCK_H):
+        for j in range(first, H, SPLIT * BLOCK_H):
             cols_in = span < H - j  # [BH]
             tile = row_in & cols_in[None, :]  # [BB, BH]
             # tl.full, not tl.zeros: a jit function, which the interpreter re-patches per call
@@ -105,7 +115,8 @@ def _gru_fwd_kernel(
             tl.store(hn_t + j + offs, tl.where(keep, acc_n, 0).to(out_dtype), mask=tile)
             tl.store(y_t + j + offs, tl.where(keep, h_new, 0).to(out_dtype), mask=tile)
             tl.store(h_write + j + offs, tl.where(keep, h_new, h_prev), mask=tile)
-        tl.debug_barrier()  # h_t complete (and visible to the whole program) before step t+1
+        arrivals += SPLIT
+        step_barrier(arrivals_ptr, arrivals, SPLIT)  # h_t complete before step t + 1 reads it
 
 
 @triton.jit
@@ -120,11 +131,13 @@ def _gru_bwd_kernel(
     dh_ptr,  # [B, H] accumulator dtype: grad_hT on entry, d_h0 on exit
     d_gx_ptr,  # [T, B, 3H]
     d_gh_ptr,  # [T, B, 3H]
+    arrivals_ptr,  # [batch tiles] int32 zeros: step_barrier's counters
     T,
     B,
     H,
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -133,6 +146,9 @@ def _gru_bwd_kernel(
     acc_dtype = dh_ptr.dtype.element_ty  # accumulation and pointwise math
     out_dtype = d_gx_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
+    arrivals_ptr += tl.program_id(0)
+    arrivals = 0
     row_in = (rows < B)[:, None]  # [BB, 1]
     length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
     span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
@@ -155,7 +171,7 @@ def _gru_bwd_kernel(
         d_gx_t = d_gx_ptr + 3 * t_plane
         d_gh_t = d_gh_ptr + 3 * t_plane
         # Gate gradients; dh holds dh_t * z (the part not through W_hh) afterwards.
-        for j in range(0, H, BLOCK_H):
+        for j in range(first, H, SPLIT * BLOCK_H):
             tile = row_in & (span < H - j)[None, :]  # [BB, BH]
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
             dh_t = dh + tl.load(grad_y_t + j + offs, mask=tile, other=0).to(acc_dtype)
@@ -181,9 +197,10 @@ def _gru_bwd_kernel(
             tl.store(d_gh_ptrs + H, d_z, mask=tile)
             tl.store(d_gh_ptrs + 2 * H, tl.where(keep, d_n * r, 0).to(out_dtype), mask=tile)
             tl.store(dh_ptr + j + offs, tl.where(keep, dh_t * z, dh), mask=tile)
-        tl.debug_barrier()  # every column of d_gh_t written before the dot reads them
+        arrivals += SPLIT
+        step_barrier(arrivals_ptr, arrivals, SPLIT)  # all of d_gh_t written: the dot reads it
         # dh_{t-1} = dh_t * z + d_gh_t W_hh, a k-loop over all 3H gate columns.
-        for j in range(0, H, BLOCK_H):
+        for j in range(first, H, SPLIT * BLOCK_H):
             cols_in = (span < H - j)[None, :]  # [1, BH]
             acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             for k in range(0, 3 * H, BLOCK_K):
@@ -195,19 +212,40 @@ def _gru_bwd_kernel(
             tile = row_in & cols_in
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
             tl.store(dh_ptr + j + offs, tl.where(keep, dh + acc, dh), mask=tile)
-        tl.debug_barrier()  # dh_{t-1} complete before step t-1 reads it
+        # Step t - 1 reads only this program's own tiles of dh: no wait for the others.
+        tl.debug_barrier()
 
 
-BLOCK_B = 16  # batch rows per program: tl.dot's smallest M
+# Blocks (measured on an H200, README.md): 16 batch rows (tl.dot's smallest M), up to 32 hidden
+# columns, a k-step of 256 bytes of a W_hh row.
+BLOCK_B = 16
+MAX_BLOCK_H = 32
+BLOCK_K_BYTES = 256
+NUM_WARPS = 4
 
 
 def _blocks(H: int, dtype: torch.dtype) -> dict[str, int]:
-    """Hidden columns per tile (BLOCK_H, up to 64) and the k-step of the recurrent dot (BLOCK_K:
-    128 bytes of a W_hh row, 64 fp16 / 32 fp32 / 16 fp64), powers of two from 16. The k-step
-    bounds the shared memory of the pipelined k-loop (README.md)."""
+    """Hidden columns per tile (BLOCK_H, up to MAX_BLOCK_H) and the k-step of the recurrent dot
+    (BLOCK_K: BLOCK_K_BYTES of a W_hh row, 128 fp16 / 64 fp32 / 32 fp64), powers of two from 16.
+    The k-step bounds the shared memory of the pipelined k-loop (README.md)."""
     fit = max(16, triton.next_power_of_2(H))
-    block_k = 128 // dtype.itemsize
-    return {"BLOCK_H": min(64, fit), "BLOCK_K": min(block_k, fit)}
+    block_k = max(16, BLOCK_K_BYTES // dtype.itemsize)
+    return {"BLOCK_H": min(MAX_BLOCK_H, fit), "BLOCK_K": min(block_k, fit)}
+
+
+def _launch(kernel, tensors: list, T: int, B: int, H: int, **constexprs) -> None:
+    """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) over cdiv(B, BLOCK_B)
+    batch tiles, each shared by the programs ``split_programs`` decides on."""
+    x = tensors[0]
+    blocks = _blocks(H, x.dtype)
+    batch_programs = triton.cdiv(B, BLOCK_B)
+    split = split_programs(x.device, batch_programs, triton.cdiv(H, blocks["BLOCK_H"]), T)
+    arrivals = torch.zeros(batch_programs, dtype=torch.int32, device=x.device)
+    kernel[(batch_programs, split)](
+        *tensors, arrivals, T, B, H,
+        PRECISION=input_precision(x.dtype), SPLIT=split,
+        BLOCK_B=BLOCK_B, **blocks, **constexprs, num_warps=NUM_WARPS, **cooperative(split),
+    )  # fmt: skip
 
 
 def _check_sizes(B: int, H: int) -> None:
@@ -235,12 +273,9 @@ def gru_fwd(
     state = gx.new_empty(2, B, H, dtype=accumulator_dtype(gx.dtype))
     state[0] = h0
     b_hh_or_unused = b_hh.contiguous() if b_hh is not None else gx
-    _gru_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-        gx, w_hh, b_hh_or_unused, full_lengths(lengths, T, B, gx.device), state, y, gates, hn,
-        T, B, H,
-        HAS_BIAS=b_hh is not None, REVERSE=reverse, PRECISION=input_precision(gx.dtype),
-        BLOCK_B=BLOCK_B, **_blocks(H, gx.dtype),
-    )  # fmt: skip
+    tensors = [gx, w_hh, b_hh_or_unused, full_lengths(lengths, T, B, gx.device), state, y, gates,
+               hn]  # fmt: skip
+    _launch(_gru_fwd_kernel, tensors, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse)
     return y, state[T % 2].to(gx.dtype, copy=True), gates, hn
 
 
@@ -262,12 +297,10 @@ def gru_bwd(
     d_gx = gates.new_empty(T, B, 3 * H)
     d_gh = gates.new_empty(T, B, 3 * H)  # gradient of h W_hh^T + b_hh; d_gx but for the n part
     dh = grad_hT.to(accumulator_dtype(y.dtype), memory_format=torch.contiguous_format, copy=True)
-    _gru_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-        grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
-        full_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
-        hn.contiguous(), dh, d_gx, d_gh, T, B, H,
-        REVERSE=reverse, PRECISION=input_precision(y.dtype), BLOCK_B=BLOCK_B, **_blocks(H, y.dtype),
-    )  # fmt: skip
+    tensors = [grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
+               full_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
+               hn.contiguous(), dh, d_gx, d_gh]  # fmt: skip
+    _launch(_gru_bwd_kernel, tensors, T, B, H, REVERSE=reverse)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None

@@ -1,10 +1,12 @@
 """LSTM layer kernels in Triton: the whole time loop of a layer inside one kernel (see README.md,
 "Triton kernel"). Same signatures and returns as naive.py.
 
-Each program owns a tile of BLOCK_B batch rows and runs every step for them. The recurrent state
-lives in global scratch, double-buffered by step parity, and ``tl.debug_barrier()`` (a CTA-wide
-barrier that also orders the program's global memory accesses) separates the phases of a step.
-Offsets into [T, B, ...] tensors are int64; weight offsets are int32 (check_index_range).
+The grid is (batch tiles of BLOCK_B rows, SPLIT programs per batch tile). The SPLIT programs of a
+batch tile run every step together, each on its own hidden tiles (j = part * BLOCK_H, then every
+SPLIT * BLOCK_H), so each streams only its slice of the weights. The recurrent state lives in
+global scratch, double-buffered by step parity; ``step_barrier`` (triton_common) ends each phase
+of a step whose results other programs read. Offsets into [T, B, ...] tensors are int64; weight
+offsets are int32 (check_index_range).
 """
 
 from __future__ import annotations
@@ -19,14 +21,22 @@ from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
+    cooperative,
     input_precision,
     sigmoid,
+    split_programs,
+    step_barrier,
     tanh,
 )
 
-# Largest block: on a GPU, four [BLOCK_B, BLOCK_H] fp32 gate accumulators stay in registers; the
-# interpreter pays per operation, so fewer, larger tiles run faster there.
-MAX_BLOCK = 128 if triton_interpreted() else 32
+# Largest blocks. On a GPU (measured on an H200, README.md): batch tiles of 16 rows (more programs
+# for a batch of 64), 32 hidden units, a k-step of 256 bytes of a weight row; four [BLOCK_B,
+# BLOCK_H] fp32 gate accumulators and four [BLOCK_K, BLOCK_H] weight tiles stay in registers.
+# The interpreter pays per operation, so fewer, larger tiles run faster there.
+MAX_BLOCK_B = 128 if triton_interpreted() else 16
+MAX_BLOCK_H = 128 if triton_interpreted() else 32
+BLOCK_K_BYTES = 1024 if triton_interpreted() else 256
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -107,6 +117,7 @@ def _lstm_fwd_kernel(
     h_state,  # [2, B, R] scratch: the state by step parity
     c_state,  # [2, B, H] scratch in the accumulator dtype
     hidden,  # [B, H] scratch (PROJ): o * tanh(c) before projection
+    arrivals_ptr,  # [batch tiles] int32 zeros: step_barrier's counters
     T,
     B,
     H,
@@ -114,6 +125,7 @@ def _lstm_fwd_kernel(
     REVERSE: tl.constexpr,
     PROJ: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -121,6 +133,9 @@ def _lstm_fwd_kernel(
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
     ACC = c_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
+    arrivals_ptr += tl.program_id(0)
+    arrivals = 0
     length = tl.load(lengths + rows, mask=rows < B, other=0)  # [BB]
     row_mask = (rows < B)[:, None]  # [BB, 1]
     rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
@@ -133,7 +148,7 @@ def _lstm_fwd_kernel(
         c_prev, c_next = c_state + parity * B * H, c_state + (1 - parity) * B * H
         gx_t, gates_t = gx + t * B * 4 * H, gates + t * B * 4 * H
         cells_t, y_t = cells + t * B * H, y + t * B * R
-        for j in range(0, H, BLOCK_H):
+        for j in range(first, H, SPLIT * BLOCK_H):
             cols = units + j  # [1, BH]
             col_mask = cols < H
             mask = row_mask & col_mask
@@ -161,8 +176,9 @@ def _lstm_fwd_kernel(
                 tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
                 tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
         if PROJ:
-            tl.debug_barrier()  # all of o * tanh(c) is in `hidden`
-            for n in range(0, R, BLOCK_H):
+            arrivals += SPLIT
+            step_barrier(arrivals_ptr, arrivals, SPLIT)  # all of o * tanh(c) is in `hidden`
+            for n in range(first, R, SPLIT * BLOCK_H):
                 cols = units + n  # [1, BP]
                 col_mask = cols < R
                 h = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
@@ -173,7 +189,8 @@ def _lstm_fwd_kernel(
                 h_old = tl.load(h_prev + state, mask=mask, other=0)
                 tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
                 tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
-        tl.debug_barrier()  # step s written before step s + 1 reads it
+        arrivals += SPLIT
+        step_barrier(arrivals_ptr, arrivals, SPLIT)  # h_t complete before step s + 1 reads it
 
 
 @triton.jit
@@ -189,6 +206,7 @@ def _lstm_bwd_kernel(
     d_h,  # [T, B, P] (PROJ): the gradient reaching each step's output
     dh_state,  # [2, B, R] scratch in the accumulator dtype: the state gradients by step parity
     dc_state,  # [2, B, H] scratch in the accumulator dtype
+    arrivals_ptr,  # [batch tiles] int32 zeros: step_barrier's counters
     T,
     B,
     H,
@@ -196,6 +214,7 @@ def _lstm_bwd_kernel(
     REVERSE: tl.constexpr,
     PROJ: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -203,6 +222,9 @@ def _lstm_bwd_kernel(
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
     ACC = dh_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
+    first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
+    arrivals_ptr += tl.program_id(0)
+    arrivals = 0
     length = tl.load(lengths + rows, mask=rows < B, other=0)  # [BB]
     row_mask = (rows < B)[:, None]  # [BB, 1]
     rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
@@ -220,15 +242,16 @@ def _lstm_bwd_kernel(
         else:
             c_before = cells + (t + 1 if REVERSE else t - 1) * B * H
         if PROJ:
-            for n in range(0, R, BLOCK_H):
+            for n in range(first, R, SPLIT * BLOCK_H):
                 cols = units + n  # [1, BP]
                 mask = row_mask & (cols < R)
                 state = rows_r + cols
                 dh = tl.load(dh_prev + state, mask=mask, other=0)
                 dh += tl.load(grad_y_t + state, mask=mask, other=0).to(ACC)
                 tl.store(d_h_t + state, tl.where(valid, dh, 0).to(d_h.dtype.element_ty), mask=mask)
-            tl.debug_barrier()  # d_h[t] complete before the gate tiles project it back
-        for j in range(0, H, BLOCK_H):
+            arrivals += SPLIT
+            step_barrier(arrivals_ptr, arrivals, SPLIT)  # d_h[t] complete before dr reads it
+        for j in range(first, H, SPLIT * BLOCK_H):
             cols = units + j  # [1, BH]
             col_mask = cols < H
             mask = row_mask & col_mask
@@ -260,8 +283,9 @@ def _lstm_bwd_kernel(
             tl.store(d_gx_t + tile + H, d_f.to(out_ty), mask=mask)
             tl.store(d_gx_t + tile + 2 * H, d_g.to(out_ty), mask=mask)
             tl.store(d_gx_t + tile + 3 * H, d_o.to(out_ty), mask=mask)
-        tl.debug_barrier()  # d_gx[t] complete before dh = d_gx[t] @ W_hh reads all of it
-        for n in range(0, R, BLOCK_H):
+        arrivals += SPLIT
+        step_barrier(arrivals_ptr, arrivals, SPLIT)  # d_gx[t] complete: dh = d_gx[t] @ W_hh
+        for n in range(first, R, SPLIT * BLOCK_H):
             cols = units + n  # [1, BR]
             col_mask = cols < R
             dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
@@ -271,22 +295,32 @@ def _lstm_bwd_kernel(
             state = rows_r + cols
             dh_old = tl.load(dh_prev + state, mask=mask, other=0)
             tl.store(dh_next + state, tl.where(valid, dh, dh_old), mask=mask)
-        tl.debug_barrier()  # step s written before step s + 1 reads it
+        # Step s + 1 reads only this program's own tiles of dh and dc: no wait for the others.
+        tl.debug_barrier()
 
 
-def _launch_options(x: Tensor, H: int) -> dict:
-    """The constexprs every launch of this module shares. Block sizes are powers of two from 16
-    (tl.dot's minimum) up to MAX_BLOCK, covering the batch, H and 4H when they are smaller."""
+def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, **constexprs):
+    """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) with ``phases`` barriers
+    per step. Block sizes are powers of two from 16 (tl.dot's minimum) up to the limits above,
+    covering the batch, H and 4H when they are smaller; ``split_programs`` decides how many
+    programs share a batch tile's hidden tiles."""
 
-    def block(n: int) -> int:
-        return min(MAX_BLOCK, max(16, triton.next_power_of_2(n)))
+    def block(n: int, limit: int) -> int:
+        return max(16, min(limit, triton.next_power_of_2(n)))
 
-    return dict(
-        PRECISION=input_precision(x.dtype),
-        BLOCK_B=block(x.shape[1]),
-        BLOCK_H=block(H),
-        BLOCK_K=block(4 * H),
-    )
+    x = tensors[0]
+    k_limit = BLOCK_K_BYTES // x.element_size()
+    blocks = dict(BLOCK_B=block(B, MAX_BLOCK_B), BLOCK_H=block(H, MAX_BLOCK_H),
+                  BLOCK_K=block(4 * H, k_limit))  # fmt: skip
+    batch_programs = triton.cdiv(B, blocks["BLOCK_B"])
+    tiles = triton.cdiv(H, blocks["BLOCK_H"])
+    split = split_programs(x.device, batch_programs, tiles, T * phases)
+    arrivals = torch.zeros(batch_programs, dtype=torch.int32, device=x.device)
+    kernel[(batch_programs, split)](
+        *tensors, arrivals, T, B, H, R,
+        PRECISION=input_precision(x.dtype), SPLIT=split,
+        **blocks, **constexprs, num_warps=NUM_WARPS, **cooperative(split),
+    )  # fmt: skip
 
 
 def _check_weights(w_hh: Tensor, w_hr: Tensor | None) -> None:
@@ -317,17 +351,15 @@ def lstm_fwd(
     H, R = G // 4, w_hh.shape[1]
     _check_weights(w_hh, w_hr)
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
-    options = _launch_options(gx, H)
     y, gates, cells = gx.new_empty(T, B, R), torch.empty_like(gx), gx.new_empty(T, B, H)
     h_state = torch.stack([h0, h0]).contiguous()  # the state h is y's dtype, as y is
     c_state = _double_buffer(c0)
     proj = w_hr is not None
     hidden = gx.new_empty(B, H) if proj else c_state  # only the projection uses `hidden`
-    _lstm_fwd_kernel[(triton.cdiv(B, options["BLOCK_B"]),)](
-        gx, w_hh, w_hr.contiguous() if proj else w_hh, full_lengths(lengths, T, B, gx.device),
-        y, gates, cells, h_state, c_state, hidden, T, B, H, R,
-        REVERSE=reverse, PROJ=proj, **options,
-    )  # fmt: skip
+    lengths = full_lengths(lengths, T, B, gx.device)
+    tensors = [gx, w_hh, w_hr.contiguous() if proj else w_hh, lengths, y, gates, cells, h_state,
+               c_state, hidden]  # fmt: skip
+    _launch(_lstm_fwd_kernel, tensors, T, B, H, R, 2 if proj else 1, REVERSE=reverse, PROJ=proj)
     return y, h_state[T % 2].clone(), c_state[T % 2].to(gx.dtype, copy=True), gates, cells
 
 
@@ -351,17 +383,14 @@ def lstm_bwd(
     H, R = G // 4, w_hh.shape[1]
     _check_weights(w_hh, w_hr)
     grad_y, w_hh, gates, cells = (x.contiguous() for x in (grad_y, w_hh, gates, cells))
-    options = _launch_options(gates, H)
     proj = w_hr is not None
     d_gx = torch.empty_like(gates)
     d_h = torch.empty_like(grad_y) if proj else d_gx  # only the projection uses `d_h`
     dh_state, dc_state = _double_buffer(grad_hT), _double_buffer(grad_cT)
     lengths = full_lengths(lengths, T, B, gates.device)
-    _lstm_bwd_kernel[(triton.cdiv(B, options["BLOCK_B"]),)](
-        grad_y, w_hh, w_hr.contiguous() if proj else w_hh, c0.contiguous(), lengths, gates, cells,
-        d_gx, d_h, dh_state, dc_state, T, B, H, R,
-        REVERSE=reverse, PROJ=proj, **options,
-    )  # fmt: skip
+    tensors = [grad_y, w_hh, w_hr.contiguous() if proj else w_hh, c0.contiguous(), lengths,
+               gates, cells, d_gx, d_h, dh_state, dc_state]  # fmt: skip
+    _launch(_lstm_bwd_kernel, tensors, T, B, H, R, 2 if proj else 1, REVERSE=reverse, PROJ=proj)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gx, h_prev)
     d_w_hr = None
