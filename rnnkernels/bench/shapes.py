@@ -129,6 +129,16 @@ PRESETS: dict[str, Preset] = {
     "deepbench": Preset("DeepBench-style: T=25, B=16..128, H=512..2048", "cuda", _DEEPBENCH),
     "small-hidden": Preset("small hidden: T=3000 B=6 H=40..128", "cuda", _SMALL_HIDDEN),
     "indrnn": Preset("IndRNN: T=784 B=32 H=128; T=5000 B=50", "cuda", _INDRNN),
+    "issue6": Preset(
+        "the GPU goals: FlashRNN's, torch's, small hidden, IndRNN",
+        "cuda",
+        (
+            *_both(1024, 16, 768, reps=5),
+            *_TORCH_RNN,
+            *_both(1000, 16, 128, reps=5),
+            _INDRNN[0],
+        ),
+    ),
 }
 PRESETS["gpu-all"] = Preset(
     "every GPU shape above",
