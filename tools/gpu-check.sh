@@ -2,7 +2,7 @@
 # One device call: versions, the Triton tests on the GPU, the block-size sweep of
 # tools/gpu_tune.py, the issue-6 benchmark in fp32, fp16 and bf16, and the benchmark command's
 # default run. Logs go to $OUT (at most 8 files come back). Seconds allowed: TEST_S, TUNE_S,
-# BENCH_S per dtype, DEFAULT_S (0 skips a step).
+# BENCH_S per dtype, DEFAULT_S (0 skips a step); TUNE_ARGS=--defaults-only times the defaults.
 set -u
 out=${OUT:-gpu-out}
 mkdir -p "$out" /tmp/bench
@@ -17,7 +17,7 @@ echo "tests rc=$? in $((SECONDS - start)) s"; grep -E "passed|failed|error" "$ou
 grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -30
 if [ "${TUNE_S:-120}" -gt 0 ]; then
   start=$SECONDS
-  timeout "${TUNE_S:-120}" python3 tools/gpu_tune.py >"$out/tune.log" 2>&1
+  timeout "${TUNE_S:-120}" python3 tools/gpu_tune.py ${TUNE_ARGS:-} >"$out/tune.log" 2>&1
   echo "tune rc=$? in $((SECONDS - start)) s"; cat "$out/tune.log" | tail -60
 fi
 for dt in ${DTYPES:-float32 float16 bfloat16}; do

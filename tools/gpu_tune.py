@@ -2,7 +2,7 @@
 split across programs, on a CUDA GPU, in microseconds per time step. Compiles every variant in
 parallel worker processes first (Triton's disk cache), then times them one by one.
 
-    python tools/gpu_tune.py
+    python tools/gpu_tune.py [--defaults-only]
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def compile_one(job):
 
 
 def main():
-    jobs = [(*s, v) for s in SHAPES for v in VARIANTS[s[0]]]
+    """``--defaults-only``: time the first (default) variant of each cell alone."""
+    count = 1 if "--defaults-only" in sys.argv else None
+    jobs = [(*s, v) for s in SHAPES for v in VARIANTS[s[0]][:count]]
     with ProcessPoolExecutor(12, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
         list(pool.map(compile_one, jobs))
     print(f"{'cell':5} {'B':>3} {'H':>4} {'dtype':8} {'variant':55} fwd us/step bwd us/step")

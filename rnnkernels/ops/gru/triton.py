@@ -78,6 +78,12 @@ def _gru_fwd_kernel(
         for j in range(first, H, SPLIT * BLOCK_H):
             cols_in = span < H - j  # [BH]
             tile = row_in & cols_in[None, :]  # [BB, BH]
+            # The loads that do not wait for the dots first: their latency overlaps the k-loop.
+            gx_ptrs = gx_t + j + gate_offs
+            gx_r = tl.load(gx_ptrs, mask=tile, other=0).to(acc_dtype)
+            gx_z = tl.load(gx_ptrs + H, mask=tile, other=0).to(acc_dtype)
+            gx_n = tl.load(gx_ptrs + 2 * H, mask=tile, other=0).to(acc_dtype)
+            h_prev = tl.load(h_read + j + offs, mask=tile, other=0)
             # tl.full, not tl.zeros: a jit function, which the interpreter re-patches per call
             acc_r = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             acc_z = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
@@ -99,11 +105,6 @@ def _gru_fwd_kernel(
                 acc_r += tl.load(b_ptrs, mask=cols_in, other=0).to(acc_dtype)[None, :]
                 acc_z += tl.load(b_ptrs + H, mask=cols_in, other=0).to(acc_dtype)[None, :]
                 acc_n += tl.load(b_ptrs + 2 * H, mask=cols_in, other=0).to(acc_dtype)[None, :]
-            gx_ptrs = gx_t + j + gate_offs
-            gx_r = tl.load(gx_ptrs, mask=tile, other=0).to(acc_dtype)
-            gx_z = tl.load(gx_ptrs + H, mask=tile, other=0).to(acc_dtype)
-            gx_n = tl.load(gx_ptrs + 2 * H, mask=tile, other=0).to(acc_dtype)
-            h_prev = tl.load(h_read + j + offs, mask=tile, other=0)
             r = sigmoid(gx_r + acc_r)
             z = sigmoid(gx_z + acc_z)
             n = tanh(gx_n + r * acc_n)
@@ -202,6 +203,8 @@ def _gru_bwd_kernel(
         # dh_{t-1} = dh_t * z + d_gh_t W_hh, a k-loop over all 3H gate columns.
         for j in range(first, H, SPLIT * BLOCK_H):
             cols_in = (span < H - j)[None, :]  # [1, BH]
+            tile = row_in & cols_in
+            dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)  # overlaps the k-loop
             acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             for k in range(0, 3 * H, BLOCK_K):
                 k_in = k_span < 3 * H - k  # [BK]
@@ -209,8 +212,6 @@ def _gru_bwd_kernel(
                 w = tl.load(w_hh_ptr + k * H + j + w_offs, mask=k_in[:, None] & cols_in, other=0)
                 # [BB, BK] x [BK, BH]; out_dtype: triton 3.6 otherwise takes fp32 for fp64 inputs
                 acc = tl.dot(d_gh, w, acc, input_precision=PRECISION, out_dtype=acc_dtype)
-            tile = row_in & cols_in
-            dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
             tl.store(dh_ptr + j + offs, tl.where(keep, dh + acc, dh), mask=tile)
         # Step t - 1 reads only this program's own tiles of dh: no wait for the others.
         tl.debug_barrier()

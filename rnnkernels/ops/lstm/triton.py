@@ -153,13 +153,16 @@ def _lstm_fwd_kernel(
             col_mask = cols < H
             mask = row_mask & col_mask
             tile = rows_g + cols
+            state = rows_h + cols
+            # The loads that do not wait for the dots first: their latency overlaps the k-loop.
+            c_old = tl.load(c_prev + state, mask=mask, other=0)
+            if not PROJ:
+                h_old = tl.load(h_prev + state, mask=mask, other=0)
             acc_i, acc_f, acc_g, acc_o = _gate_preacts(
                 gx_t, tile, mask, h_prev, rows_r, row_mask, w_hh, cols * R, col_mask, H, R, ACC,
                 PRECISION, BLOCK_K,
             )  # fmt: skip
             i, f, g, o = sigmoid(acc_i), sigmoid(acc_f), tanh(acc_g), sigmoid(acc_o)  # [BB, BH]
-            state = rows_h + cols
-            c_old = tl.load(c_prev + state, mask=mask, other=0)
             c = tl.where(valid, f * c_old + i * g, c_old)
             tl.store(c_next + state, c, mask=mask)
             out_ty = gates.dtype.element_ty
@@ -172,7 +175,6 @@ def _lstm_fwd_kernel(
             if PROJ:
                 tl.store(hidden + state, h, mask=mask)
             else:
-                h_old = tl.load(h_prev + state, mask=mask, other=0)
                 tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
                 tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
         if PROJ:
@@ -181,12 +183,12 @@ def _lstm_fwd_kernel(
             for n in range(first, R, SPLIT * BLOCK_H):
                 cols = units + n  # [1, BP]
                 col_mask = cols < R
-                h = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-                h = _dot_tile(h, hidden, rows_h, row_mask, w_hr, 1, cols * H, col_mask, H,
-                              PRECISION, BLOCK_K).to(y.dtype.element_ty)  # fmt: skip
                 mask = row_mask & col_mask
                 state = rows_r + cols
                 h_old = tl.load(h_prev + state, mask=mask, other=0)
+                h = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
+                h = _dot_tile(h, hidden, rows_h, row_mask, w_hr, 1, cols * H, col_mask, H,
+                              PRECISION, BLOCK_K).to(y.dtype.element_ty)  # fmt: skip
                 tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
                 tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
         arrivals += SPLIT
@@ -256,14 +258,6 @@ def _lstm_bwd_kernel(
             col_mask = cols < H
             mask = row_mask & col_mask
             state = rows_h + cols
-            if PROJ:  # dr = d_h[t] @ W_hr
-                dr = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-                dr = _dot_tile(dr, d_h_t, rows_r, row_mask, w_hr, H, cols, col_mask, R, PRECISION,
-                               BLOCK_K)  # fmt: skip
-            else:
-                dr = tl.load(dh_prev + state, mask=mask, other=0)
-                dr += tl.load(grad_y_t + state, mask=mask, other=0).to(ACC)
-                dr = tl.where(valid, dr, 0)  # [BB, BH]
             tile = rows_g + cols
             i = tl.load(gates_t + tile, mask=mask, other=0).to(ACC)
             f = tl.load(gates_t + tile + H, mask=mask, other=0).to(ACC)
@@ -272,6 +266,14 @@ def _lstm_bwd_kernel(
             tanh_c = tanh(tl.load(cells_t + state, mask=mask, other=0).to(ACC))
             c_prev = tl.load(c_before + state, mask=mask, other=0).to(ACC)
             dc_old = tl.load(dc_prev + state, mask=mask, other=0)
+            if PROJ:  # dr = d_h[t] @ W_hr, after the loads above so that they overlap it
+                dr = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
+                dr = _dot_tile(dr, d_h_t, rows_r, row_mask, w_hr, H, cols, col_mask, R, PRECISION,
+                               BLOCK_K)  # fmt: skip
+            else:
+                dr = tl.load(dh_prev + state, mask=mask, other=0)
+                dr += tl.load(grad_y_t + state, mask=mask, other=0).to(ACC)
+                dr = tl.where(valid, dr, 0)  # [BB, BH]
             dc = dc_old + dr * o * (1 - tanh_c * tanh_c)
             tl.store(dc_next + state, tl.where(valid, dc * f, dc_old), mask=mask)
             out_ty = d_gx.dtype.element_ty
@@ -288,12 +290,12 @@ def _lstm_bwd_kernel(
         for n in range(first, R, SPLIT * BLOCK_H):
             cols = units + n  # [1, BR]
             col_mask = cols < R
-            dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-            dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
-                           PRECISION, BLOCK_K)  # fmt: skip
             mask = row_mask & col_mask
             state = rows_r + cols
             dh_old = tl.load(dh_prev + state, mask=mask, other=0)
+            dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
+            dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
+                           PRECISION, BLOCK_K)  # fmt: skip
             tl.store(dh_next + state, tl.where(valid, dh, dh_old), mask=mask)
         # Step s + 1 reads only this program's own tiles of dh and dc: no wait for the others.
         tl.debug_barrier()
