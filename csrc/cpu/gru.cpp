@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
 
 #include "common.h"
+#include "step_weight.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -27,10 +28,6 @@ inline namespace v0 {
 namespace {
 
 using namespace detail;
-
-// Step GEMMs below this many FLOPs run on one BLAS thread: splitting them costs more than it
-// saves (T=200 B=8 H=64 ran 2x slower with two, and far worse when the other core is busy).
-constexpr int64_t kThreadedGemmFlops = int64_t(1) << 20;
 
 // Pointwise elements per step from which the row loop is split over threads. On 2 cores,
 // splitting B=32 H=256 (~10 us of pointwise vs ~100 us of GEMM per step) gained nothing
@@ -150,13 +147,13 @@ void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
   const std::vector<Rows> rows = valid_rows(len, T);
   std::memcpy(hT, h0, B * H * sizeof(scalar_t));  // the running state lives in hT
   OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
+  const StepWeight<scalar_t> recurrent(w_hh, true, B, G, H);  // h W_hh^T
   auto step = b_hh ? step_fwd<scalar_t, true> : step_fwd<scalar_t, false>;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const Rows r = rows[t];
     // gh[lo:hi] = h[lo:hi] W_hh^T   [rows, 3H]
-    gemm(false, true, r.hi - r.lo, G, H, scalar_t(1), hT + r.lo * H, H, w_hh, H, scalar_t(0),
-         gh + r.lo * G, G);
+    recurrent.gemm(r.hi - r.lo, hT + r.lo * H, H, scalar_t(0), gh + r.lo * G, G);
     const scalar_t* gx_t = gx + t * B * G;
     scalar_t *y_t = y + t * B * H, *gates_t = gates + t * B * G, *hn_t = hn + t * B * H;
     for_rows(B, H, [&](int64_t b_begin, int64_t b_end) {
@@ -188,6 +185,7 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
   std::memcpy(d_h0, grad_hT, BH * sizeof(scalar_t));    // the running dL/dh lives in d_h0
   auto step = bias ? step_bwd<scalar_t, true> : step_bwd<scalar_t, false>;
   OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
+  const StepWeight<scalar_t> recurrent(w_hh, false, B, H, G);  // d_gh W_hh
   for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
     const int64_t t = reverse ? T - 1 - s : s;
     const Rows r = rows[t];
@@ -212,8 +210,7 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
       }
     });
     // dh[lo:hi] = dh_t * z + d_gh[lo:hi] W_hh
-    gemm(false, false, r.hi - r.lo, H, G, scalar_t(1), d_gh + r.lo * G, G, w_hh, H, scalar_t(1),
-         d_h0 + r.lo * H, H);
+    recurrent.gemm(r.hi - r.lo, d_gh + r.lo * G, G, scalar_t(1), d_h0 + r.lo * H, H);
     if (!r.dense)
       for (int64_t b = r.lo; b < r.hi; ++b)
         if (t >= len[b]) std::memcpy(d_h0 + b * H, saved_dh + b * H, H * sizeof(scalar_t));

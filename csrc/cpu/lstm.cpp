@@ -9,14 +9,15 @@
 // dh_prev = d_pre W_hh per step), and its weight gradients are single GEMMs over all T*B rows.
 // Only the rows some sequence still needs at a step enter its GEMMs ([lo, hi) of the valid rows),
 // so packed batches cost their true length. For float the step GEMMs' weights are packed once per
-// call (MKL sgemm_pack/compute) rather than by BLAS inside every step, and a small step GEMM runs
-// on one BLAS thread. BLAS threads itself (OpenMP); the pointwise pass is split over batch rows
-// with at::parallel_for only when a step is large, never around a GEMM.
+// call rather than inside every step (step_weight.h: our AVX2 kernel, or MKL's packed GEMM), and
+// a small step GEMM runs on one thread. The pointwise pass is split over batch rows with
+// at::parallel_for only when a step is large, never around a GEMM.
 #include <rnnkernels/lstm.h>
 
 #include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
 
 #include "common.h"
+#include "step_weight.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -30,68 +31,6 @@ inline namespace v0 {
 namespace {
 
 using namespace detail;
-
-// MKL's packed-GEMM API, which libtorch_cpu exports for float on x86-64. Weak, so a BLAS without
-// it still links (the pointers are then null and plain gemm runs).
-extern "C" {
-size_t sgemm_pack_get_size_(const char* identifier, const int* m, const int* n, const int* k)
-    __attribute__((weak));
-void sgemm_pack_(const char* identifier, const char* trans, const int* m, const int* n,
-                 const int* k, const float* alpha, const float* src, const int* ld, float* dest)
-    __attribute__((weak));
-void sgemm_compute_(const char* transa, const char* transb, const int* m, const int* n,
-                    const int* k, const float* a, const int* lda, const float* b, const int* ldb,
-                    const float* beta, float* c, const int* ldc) __attribute__((weak));
-}
-
-// Step GEMMs below this many FLOPs run on one BLAS thread (T200 B8 H64 forward 1.4 -> 0.9 ms).
-constexpr int64_t kThreadedGemmFlops = 2000000;
-
-// A step GEMM's constant operand: row-major C[rows,n] = A[rows,k] op(W) + beta C, op(W) = W^T
-// (W [n,k]) or W (W [k,n]), rows <= max_rows. For float with MKL, W is packed once per call
-// instead of inside every step's GEMM (same results bitwise).
-template <typename scalar_t>
-class StepWeight {
- public:
-  StepWeight(const scalar_t* w, bool trans, int64_t max_rows, int64_t n, int64_t k)
-      : w_(w), trans_(trans), n_(n), k_(k) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (!sgemm_pack_get_size_ || !sgemm_pack_ || !sgemm_compute_ || max_rows * n * k == 0)
-        return;
-      const int N = int(n), M = int(max_rows), K = int(k), LD = int(trans ? k : n);
-      const char id = 'A', t = trans ? 'T' : 'N';  // column-major: C^T = op(W)^T A^T: W is "A"
-      const float one = 1;
-      const size_t bytes = (sgemm_pack_get_size_(&id, &N, &M, &K) + 63) / 64 * 64;
-      packed_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (packed_) sgemm_pack_(&id, &t, &N, &M, &K, &one, w, &LD, packed_);
-    }
-  }
-  ~StepWeight() { std::free(packed_); }
-  StepWeight(const StepWeight&) = delete;
-  StepWeight& operator=(const StepWeight&) = delete;
-
-  void gemm(int64_t rows, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
-            int64_t ldc) const {
-    if (rows == 0) return;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (packed_) {  // the packed operand does not depend on the row count
-        const char p = 'P', t = 'N';
-        const int N = int(n_), M = int(rows), K = int(k_), LD = int(trans_ ? k_ : n_),
-                  LDA = int(lda), LDC = int(ldc);
-        sgemm_compute_(&p, &t, &N, &M, &K, packed_, &LD, a, &LDA, &beta, c, &LDC);
-        return;
-      }
-    }
-    detail::gemm(false, trans_, rows, n_, k_, scalar_t(1), a, lda, w_, trans_ ? k_ : n_, beta, c,
-                 ldc);
-  }
-
- private:
-  const scalar_t* w_;
-  bool trans_;
-  int64_t n_, k_;
-  float* packed_ = nullptr;
-};
 
 #pragma GCC push_options
 // FMA in the activations' polynomials (~20% off the forward pass; it also fuses the cell
