@@ -51,9 +51,11 @@ def extensions():
 
     # -O3: GCC 12 vectorises only trivially-counted loops at -O2. No -ffast-math: it breaks NaN
     # propagation. -fno-trapping-math lets selects if-convert (FP flags only, values unchanged);
-    # -ffp-contract=off keeps a*b+c rounded as torch's eager ops round it.
+    # -ffp-contract=off keeps a*b+c rounded as torch's eager ops round it. -fopenmp: ATen's
+    # at::parallel_for is inline OpenMP, serial when compiled without it; compile-only, so its
+    # GOMP calls bind to the OpenMP runtime torch loaded (one thread pool in the process).
     flags = ["-O3", "-g0"]
-    flags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+    flags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
     if os.environ.get("RNNKERNELS_NATIVE") == "1":
         flags.append("-march=native")
     sources = sorted(glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/torch/*.cpp"))
