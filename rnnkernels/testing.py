@@ -85,13 +85,14 @@ class EagerIndRNN(nn.Module):
         return (x.transpose(0, 1) if m.batch_first else x), torch.stack(finals)
 
 
-def needs(backend: str, cell: str, dtype: torch.dtype = torch.float32) -> None:
-    """Skips the calling test when ``backend`` cannot run ``cell`` here, saying why."""
+def needs(backend: str, cell: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+    """Skips the calling test when ``backend`` cannot run ``cell`` on ``device`` here, saying
+    why."""
     import pytest
 
     from rnnkernels.backends import why_not
 
-    why = why_not(backend, cell, torch.empty(0, dtype=dtype))
+    why = why_not(backend, cell, torch.empty(0, dtype=dtype, device=device))
     if why is not None:
         pytest.skip(f"backend {backend!r}: {why}")
 

@@ -17,7 +17,7 @@ LOW_PRECISION = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.g
 
 @pytest.fixture(autouse=True)
 def triton_gru():
-    needs("triton", "gru")
+    needs("triton", "gru", device=DEVICE)  # on a GPU: CUDA tensors
 
 
 def kernels():

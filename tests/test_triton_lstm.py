@@ -14,7 +14,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(autouse=True)
 def kernels():
-    needs("triton", "lstm")
+    needs("triton", "lstm", device=DEVICE)  # on a GPU: CUDA tensors
     from rnnkernels.ops.lstm import triton
 
     return triton

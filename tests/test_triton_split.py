@@ -13,7 +13,7 @@ from rnnkernels.testing import needs
 
 @pytest.fixture(autouse=True)
 def common():
-    needs("triton", "lstm")
+    needs("triton", "lstm", device="cuda" if torch.cuda.is_available() else "cpu")
     from rnnkernels.ops import triton_common
 
     return triton_common
