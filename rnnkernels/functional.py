@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels.backends import resolve
 from rnnkernels.ops.gru.op import gru_fwd
@@ -165,7 +165,10 @@ def _stack(
 class _Layout:
     """The input's layout. Padded input runs time-major [T, B, I] (batch_first and unbatched
     input are viewed so). Packed input stays as its rows [N, I] between layers: the input GEMMs
-    then skip the padding, and only their results are padded for the per-layer ops."""
+    then skip the padding, and only their results are padded for the per-layer ops, by one index
+    op each way (pad_packed_sequence copies per distinct length, and its backward copies the whole
+    padded gradient per distinct length: 55 of 142 ms of a packed LSTM T=100 B=32 H=256 with 32
+    lengths)."""
 
     def __init__(self, input: Tensor | PackedSequence, batch_first: bool) -> None:
         self.packed = input if isinstance(input, PackedSequence) else None
@@ -174,39 +177,46 @@ class _Layout:
         if self.packed is not None:
             self.x = input.data
             self.B = int(input.batch_sizes[0])
+            self.T = len(input.batch_sizes)
             lengths = _packed_lengths(input.batch_sizes)  # sorted order, on the CPU
-            if input.unsorted_indices is not None:  # the caller's order, as hx is
+            sorted_indices = None if input.sorted_indices is None else input.sorted_indices.cpu()
+            if sorted_indices is not None:  # the caller's order, as hx is
                 lengths = lengths[input.unsorted_indices.cpu()]
-            self.cpu_lengths, self.lengths = lengths, lengths.to(self.x.device)
+            self.lengths = lengths.to(self.x.device)
+            positions = _padded_positions(input.batch_sizes, sorted_indices, self.B)
+            self.positions = positions.to(self.x.device)
         else:
             x = input.unsqueeze(1) if self.unbatched else input
             self.x = x.transpose(0, 1) if batch_first and not self.unbatched else x
             self.B, self.lengths = self.x.shape[1], None
 
     def padded(self, rows: Tensor) -> Tensor:
-        """[N, G] rows in the input's layout -> [T, B, G]."""
+        """[N, G] rows in the input's layout -> [T, B, G], zero past each sequence's end."""
         if self.packed is None:
             return rows
-        p = self.packed
-        return pad_packed_sequence(
-            PackedSequence(rows, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
-        )[0]
+        padded = rows.new_zeros(self.T * self.B, rows.shape[1])
+        return padded.index_put((self.positions,), rows).view(self.T, self.B, -1)
 
     def unpadded(self, y: Tensor) -> Tensor:
         """[T, B, G] -> rows in the input's layout."""
         if self.packed is None:
             return y
-        lengths = self.cpu_lengths
-        if self.packed.sorted_indices is not None:
-            y = y.index_select(1, self.packed.sorted_indices)
-            lengths = lengths[self.packed.sorted_indices.cpu()]
-        return pack_padded_sequence(y, lengths).data
+        return y.reshape(self.T * self.B, -1)[self.positions]
 
     def output(self, x: Tensor) -> Tensor | PackedSequence:
         if self.packed is not None:
             p = self.packed
             return PackedSequence(x, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
         return x.transpose(0, 1) if self.batch_first else x
+
+
+def _padded_positions(batch_sizes: Tensor, sorted_indices: Tensor | None, B: int) -> Tensor:
+    """[N] int64: where each row of a PackedSequence's data sits in the time-major padded
+    [T * B] form with the batch in the caller's order (row j of step t is sequence
+    sorted_indices[j])."""
+    t = torch.repeat_interleave(torch.arange(len(batch_sizes)), batch_sizes)
+    j = torch.arange(len(t)) - (torch.cumsum(batch_sizes, 0) - batch_sizes)[t]
+    return t * B + (j if sorted_indices is None else sorted_indices[j])
 
 
 def _packed_lengths(batch_sizes: Tensor) -> Tensor:
