@@ -181,7 +181,7 @@ class _Layout:
             lengths = _packed_lengths(input.batch_sizes)  # sorted order, on the CPU
             sorted_indices = None if input.sorted_indices is None else input.sorted_indices.cpu()
             if sorted_indices is not None:  # the caller's order, as hx is
-                lengths = lengths[input.unsorted_indices.cpu()]
+                lengths = torch.empty_like(lengths).index_copy_(0, sorted_indices, lengths)
             self.lengths = lengths.to(self.x.device)
             positions = _padded_positions(input.batch_sizes, sorted_indices, self.B)
             self.positions = positions.to(self.x.device)

@@ -67,7 +67,7 @@ class Capture:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_launchers_pass_the_split_on(cell, monkeypatch):
+def test_launchers_pass_the_split_on(common, cell, monkeypatch):
     """B=40 (three batch tiles of 16) with the policy forced to 8 programs per batch tile: both
     kernels get the grid (3, 8), SPLIT=8, a cooperative launch and three zeroed counters."""
     if cell == "lstm":
@@ -82,7 +82,7 @@ def test_launchers_pass_the_split_on(cell, monkeypatch):
     captures = {name: Capture() for name in names}
     for name, capture in captures.items():
         monkeypatch.setattr(kernels, name, capture)
-    monkeypatch.setattr(kernels, "split_programs", lambda device, nb, tiles, phases: 8)
+    monkeypatch.setattr(common, "split_programs", lambda device, nb, tiles, phases: 8)
     T, B, H = 3, 40, 64
     g = torch.Generator().manual_seed(0)
     gates = 4 if cell == "lstm" else 3

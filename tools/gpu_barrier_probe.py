@@ -1,4 +1,4 @@
-"""Probe of a grid-wide step barrier in Triton on a GPU (for the split LSTM/GRU kernels): a toy
+"""Probe of the kernels' grid-wide step barrier (triton_common.step_barrier) on a GPU: a toy
 recurrence whose units are split across SPLIT programs, each step reading every unit the other
 programs wrote in the step before. Checks the result against torch and the arrival count, and
 times microseconds per step with and without the barrier.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from rnnkernels.ops.triton_common import step_barrier
 
 
 @triton.jit
@@ -29,12 +31,7 @@ def _probe_kernel(state, counter, T, SPLIT: tl.constexpr, N: tl.constexpr, CG: t
         else:
             h = tl.load(h_prev + src)
         tl.store(h_next + own, 0.5 * h + 1)
-        tl.debug_barrier()
-        if SPLIT > 1:
-            tl.atomic_add(counter, 1, sem="release", scope="gpu")
-            while tl.atomic_add(counter, 0, sem="acquire", scope="gpu") < (s + 1) * SPLIT:
-                pass
-            tl.debug_barrier()
+        step_barrier(counter, (s + 1) * SPLIT, SPLIT)
 
 
 def run(split: int, n: int, T: int, cg: bool, cooperative: bool) -> tuple[float, float, int]:

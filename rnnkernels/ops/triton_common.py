@@ -76,6 +76,21 @@ def cooperative(split: int) -> dict:
     return {"launch_cooperative_grid": True} if split > 1 else {}
 
 
+def launch_split(kernel, tensors: list, sizes: tuple, batch_programs: int, tiles: int,
+                 phases: int, **constexprs) -> None:  # fmt: skip
+    """Launches ``kernel`` on a (batch_programs, split) grid, split from ``split_programs`` for
+    ``tiles`` hidden tiles and ``phases`` barriers per step: its arguments are ``tensors`` (the
+    first sets dtype and device), the batch tiles' arrival counters (int32 zeros), then ``sizes``
+    (T first); its constexprs ``constexprs``, PRECISION and SPLIT."""
+    x = tensors[0]
+    split = split_programs(x.device, batch_programs, tiles, sizes[0] * phases)
+    arrivals = torch.zeros(batch_programs, dtype=torch.int32, device=x.device)
+    kernel[(batch_programs, split)](
+        *tensors, arrivals, *sizes,
+        PRECISION=input_precision(x.dtype), SPLIT=split, **constexprs, **cooperative(split),
+    )  # fmt: skip
+
+
 INDEX_LIMIT = 2**31 - 1  # kernels index within one time step, and within the weights, in int32
 
 

@@ -18,10 +18,8 @@ from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
-    cooperative,
-    input_precision,
+    launch_split,
     sigmoid,
-    split_programs,
     step_barrier,
     tanh,
 )
@@ -236,17 +234,11 @@ def _blocks(H: int, dtype: torch.dtype) -> dict[str, int]:
 
 def _launch(kernel, tensors: list, T: int, B: int, H: int, **constexprs) -> None:
     """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) over cdiv(B, BLOCK_B)
-    batch tiles, each shared by the programs ``split_programs`` decides on."""
-    x = tensors[0]
-    blocks = _blocks(H, x.dtype)
-    batch_programs = triton.cdiv(B, BLOCK_B)
-    split = split_programs(x.device, batch_programs, triton.cdiv(H, blocks["BLOCK_H"]), T)
-    arrivals = torch.zeros(batch_programs, dtype=torch.int32, device=x.device)
-    kernel[(batch_programs, split)](
-        *tensors, arrivals, T, B, H,
-        PRECISION=input_precision(x.dtype), SPLIT=split,
-        BLOCK_B=BLOCK_B, **blocks, **constexprs, num_warps=NUM_WARPS, **cooperative(split),
-    )  # fmt: skip
+    batch tiles, each shared by the programs ``launch_split`` decides on; one barrier per step."""
+    blocks = _blocks(H, tensors[0].dtype)
+    launch_split(kernel, tensors, (T, B, H), triton.cdiv(B, BLOCK_B),
+                 triton.cdiv(H, blocks["BLOCK_H"]), 1, BLOCK_B=BLOCK_B, **blocks, **constexprs,
+                 num_warps=NUM_WARPS)  # fmt: skip
 
 
 def _check_sizes(B: int, H: int) -> None:

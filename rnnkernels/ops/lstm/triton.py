@@ -21,10 +21,8 @@ from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
     check_index_range,
-    cooperative,
-    input_precision,
+    launch_split,
     sigmoid,
-    split_programs,
     step_barrier,
     tanh,
 )
@@ -304,25 +302,19 @@ def _lstm_bwd_kernel(
 def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, **constexprs):
     """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) with ``phases`` barriers
     per step. Block sizes are powers of two from 16 (tl.dot's minimum) up to the limits above,
-    covering the batch, H and 4H when they are smaller; ``split_programs`` decides how many
+    covering the batch, H and 4H when they are smaller; ``launch_split`` decides how many
     programs share a batch tile's hidden tiles."""
 
     def block(n: int, limit: int) -> int:
         return max(16, min(limit, triton.next_power_of_2(n)))
 
-    x = tensors[0]
-    k_limit = BLOCK_K_BYTES // x.element_size()
+    k_limit = BLOCK_K_BYTES // tensors[0].element_size()
     blocks = dict(BLOCK_B=block(B, MAX_BLOCK_B), BLOCK_H=block(H, MAX_BLOCK_H),
                   BLOCK_K=block(4 * H, k_limit))  # fmt: skip
     batch_programs = triton.cdiv(B, blocks["BLOCK_B"])
     tiles = triton.cdiv(H, blocks["BLOCK_H"])
-    split = split_programs(x.device, batch_programs, tiles, T * phases)
-    arrivals = torch.zeros(batch_programs, dtype=torch.int32, device=x.device)
-    kernel[(batch_programs, split)](
-        *tensors, arrivals, T, B, H, R,
-        PRECISION=input_precision(x.dtype), SPLIT=split,
-        **blocks, **constexprs, num_warps=NUM_WARPS, **cooperative(split),
-    )  # fmt: skip
+    launch_split(kernel, tensors, (T, B, H, R), batch_programs, tiles, phases,
+                 **blocks, **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
 
 def _check_weights(w_hh: Tensor, w_hr: Tensor | None) -> None:
