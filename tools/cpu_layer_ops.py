@@ -1,6 +1,6 @@
-"""Median times of the `cpp` layer ops alone (no module layer, no input GEMM), forward / backward in
-ms, for A/B runs of C++ kernel changes: run it with two builds of the extension, alternating, on
-a quiet machine.
+"""Median times of the `cpp` LSTM, GRU and IndRNN layer ops alone (no module layer, no input
+GEMM), forward / backward in ms, for A/B runs of C++ kernel changes: run it with two builds of the
+extension, alternating, on a quiet machine.
 
     python tools/cpu_layer_ops.py [THREADS]
 """
@@ -13,9 +13,16 @@ import time
 import torch
 
 from rnnkernels.ops.gru import cpp as gru
+from rnnkernels.ops.indrnn import cpp as indrnn
 from rnnkernels.ops.lstm import cpp as lstm
 
-SHAPES = [(100, 32, 256, 15), (200, 8, 64, 40), (512, 16, 128, 10), (20, 64, 512, 10)]  # T,B,H,reps
+SHAPES = [
+    (100, 32, 256, 15),
+    (200, 8, 64, 40),
+    (512, 16, 128, 10),
+    (20, 64, 512, 10),
+    (784, 32, 128, 15),
+]  # T, B, H, repetitions; the last is IndRNN's benchmark shape
 
 
 def median_ms(f, reps: int) -> float:
@@ -44,8 +51,14 @@ def time_shape(T: int, B: int, H: int, reps: int) -> str:
         median_ms(lambda: gru.gru_fwd(gx3, w3, None, h0, None, False), reps),
         median_ms(lambda: gru.gru_bwd(yg, hg, w3, None, h0, None, False, yg, gg, hn), reps),
     )
-    lstm_text, gru_text = (f"{fwd:.2f}/{bwd:.2f}" for fwd, bwd in (lstm_ms, gru_ms))
-    return f"T{T} B{B} H{H}: LSTM {lstm_text} GRU {gru_text}"
+    u = torch.rand(H, generator=g) * 0.5
+    yi, hi = indrnn.indrnn_fwd(gx3[..., :H].contiguous(), u, h0, None, False, "relu")
+    indrnn_ms = (
+        median_ms(lambda: indrnn.indrnn_fwd(yi, u, h0, None, False, "relu"), reps),
+        median_ms(lambda: indrnn.indrnn_bwd(yi, hi, u, h0, None, False, "relu", yi), reps),
+    )
+    texts = [f"{fwd:.2f}/{bwd:.2f}" for fwd, bwd in (lstm_ms, gru_ms, indrnn_ms)]
+    return f"T{T} B{B} H{H}: LSTM {texts[0]} GRU {texts[1]} IndRNN {texts[2]}"
 
 
 def main() -> None:
