@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -104,18 +106,24 @@ def assert_close(actual: Tensor, expected: Tensor, what: str = "") -> None:
 
 
 def outputs_and_grads(
-    module: nn.Module, input: Tensor | PackedSequence, hx, seed: int = 0
+    module: nn.Module,
+    input: Tensor | PackedSequence,
+    hx,
+    seed: int = 0,
+    used: Sequence[int] | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Runs ``module(input, hx)`` and backpropagates fixed random cotangents from the output
-    and every final state. Returns (outputs, gradients): gradients of the input data, of each
-    given initial state, and of every parameter (zeros where a parameter got none)."""
+    and every final state (only from ``outputs[k]`` for k in ``used`` when given). Returns
+    (outputs, gradients): gradients of the input data, of each given initial state, and of every
+    parameter (zeros where a parameter got none)."""
     output, states = module(input, hx)
     output = output.data if isinstance(output, PackedSequence) else output
     outputs = [output, *(states if isinstance(states, tuple) else (states,))]
     generator = torch.Generator().manual_seed(seed)
     loss = sum(
         (o * torch.randn(o.shape, generator=generator, dtype=o.dtype).to(o.device)).sum()
-        for o in outputs
+        for k, o in enumerate(outputs)
+        if used is None or k in used
     )
     data = input.data if isinstance(input, PackedSequence) else input
     hx_list = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]

@@ -1,4 +1,4 @@
-"""Time-step bookkeeping shared by the pure-torch oracles of every cell.
+"""Time-step bookkeeping shared by the pure-torch oracles of every cell (and the ops' autograd).
 
 A layer runs over a time-major padded batch. Sequence b is valid for t < lengths[b]; past its end
 the state is frozen and the output is zero. A reverse pass visits t = T-1 .. 0, so a sequence that
@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def zeros_for_none(*pairs: tuple[Tensor | None, Tensor]) -> tuple[Tensor, ...]:
+    """Each (gradient, like) pair's gradient, or zeros like ``like`` where autograd passed None
+    (an output the loss does not use, with materialized gradients switched off)."""
+    return tuple(torch.zeros_like(like) if grad is None else grad for grad, like in pairs)
 
 
 def time_steps(T: int, reverse: bool) -> range:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from rnnkernels.backends import kernels
+from rnnkernels.ops.steps import zeros_for_none
 
 
 @torch.library.custom_op("rnnkernels::gru_fwd", mutates_args=())
@@ -76,10 +77,14 @@ def _setup_context(ctx, inputs, output):
     y, hT, gates, hn = output
     ctx.save_for_backward(w_hh, b_hh, h0, lengths, y, gates, hn)
     ctx.reverse, ctx.backend = reverse, backend
+    # gates and hn are saved for the backward, not results (as in lstm/op.py).
+    ctx.mark_non_differentiable(gates, hn)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_hT, grad_gates, grad_hn):
     w_hh, b_hh, h0, lengths, y, gates, hn = ctx.saved_tensors
+    grad_y, grad_hT = zeros_for_none((grad_y, y), (grad_hT, h0))
     d_gx, d_w_hh, d_b_hh, d_h0 = gru_bwd(
         grad_y, grad_hT, w_hh, b_hh, h0, lengths, ctx.reverse, y, gates, hn, ctx.backend
     )

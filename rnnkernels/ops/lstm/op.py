@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from rnnkernels.backends import kernels
+from rnnkernels.ops.steps import zeros_for_none
 
 
 @torch.library.custom_op("rnnkernels::lstm_fwd", mutates_args=())
@@ -84,10 +85,15 @@ def _setup_context(ctx, inputs, output):
     y, hT, cT, gates, cells = output
     ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
     ctx.reverse, ctx.backend = reverse, backend
+    # gates and cells are saved for the backward, not results: no [T,B,4H] zero gradient for them
+    # (autograd would fill one every backward); an unused y or final state arrives as None.
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_hT, grad_cT, grad_gates, grad_cells):
     w_hh, w_hr, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
+    grad_y, grad_hT, grad_cT = zeros_for_none((grad_y, y), (grad_hT, h0), (grad_cT, c0))
     d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = lstm_bwd(
         grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, cells,
         ctx.backend,
