@@ -48,8 +48,7 @@ def cpp_module():
     return cpp
 
 
-# B*H >= 32768 takes the threaded pointwise path; unsorted lengths with a 0 and gaps among the
-# valid rows (the step GEMM then spans invalid rows).
+# Unsorted lengths with a 0 and gaps among the valid rows (the step GEMM then spans invalid rows).
 LENGTHS_33 = torch.tensor([5, 3, 0, 6, 6, 1, 5] * 4 + [2, 6, 4, 6, 1])
 
 
@@ -57,8 +56,12 @@ LENGTHS_33 = torch.tensor([5, 3, 0, 6, 6, 1, 5] * 4 + [2, 6, 4, 6, 1])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [None, LENGTHS_33], ids=["full", "lengths"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_threaded_shape_matches_oracle(two_threads, bias, lengths, reverse, dtype):
-    args = layer_args(6, 33, 1000, bias, lengths, reverse, dtype)
+@pytest.mark.parametrize("B,H", [(33, 200), (5, 1200)], ids=["chunks", "split-steps"])
+def test_threaded_shape_matches_oracle(two_threads, bias, lengths, reverse, dtype, B, H):
+    """Two threads: B=33 runs as batch chunks of 20 and 13 rows; B=5, 3H=3600 splits each step
+    (the GEMM's panels, the pointwise pass's rows)."""
+    lengths = None if lengths is None else lengths[:B]
+    args = layer_args(6, B, H, bias, lengths, reverse, dtype)
     for k, (a, b) in enumerate(zip(run_layer(cpp_module(), args), run_layer(naive, args))):
         assert_close(a, b, f"tensor {k}")
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 def two_threads():
     needs("cpp", "lstm")
     saved = torch.get_num_threads()
-    torch.set_num_threads(2)  # the pointwise pass goes parallel from 16K elements per step
+    torch.set_num_threads(2)  # B >= 8: batch chunks; smaller B, large steps: split steps
     yield
     torch.set_num_threads(saved)
 
@@ -51,10 +51,11 @@ UNSORTED = [4, 1, 5, 0, 3, 5, 1, 9, 2, 5, 2, 3, 5, 4, 1, 6] * 2
 @pytest.mark.parametrize("proj", [0, 24])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [None, UNSORTED], ids=["full", "unsorted"])
-def test_threaded_layer_matches_oracle(dtype, proj, reverse, lengths):
-    """B*4H = 64K: the pointwise pass runs on two threads; forward and backward vs naive.py."""
-    T, B, H = 5, 32, 512
-    lengths = None if lengths is None else torch.tensor(lengths)
+@pytest.mark.parametrize("T,B,H", [(5, 32, 128), (4, 5, 1024)], ids=["chunks", "split-steps"])
+def test_threaded_layer_matches_oracle(dtype, proj, reverse, lengths, T, B, H):
+    """Two threads, forward and backward vs naive.py: B=32 runs as two batch chunks of 16 rows;
+    B=5, H=1024 splits each step (the GEMM's panels, the pointwise pass's rows)."""
+    lengths = None if lengths is None else torch.tensor(lengths[:B])
     args = layer_args(T, B, H, proj, lengths, reverse, dtype)
     with poison_allocations():
         got = cpp().lstm_fwd(*args)
@@ -76,8 +77,9 @@ def test_threaded_layer_matches_oracle(dtype, proj, reverse, lengths):
 
 @pytest.mark.parametrize("proj", [0, 32])
 @pytest.mark.parametrize("lengths", [None, UNSORTED], ids=["full", "unsorted"])
-def test_bitwise_deterministic(proj, lengths):
-    T, B, H = 6, 32, 512
+@pytest.mark.parametrize("H", [128, 512], ids=["chunks", "split-steps"])
+def test_bitwise_deterministic(proj, lengths, H):
+    T, B = 6, 32
     lengths = None if lengths is None else torch.tensor(lengths)
     args = layer_args(T, B, H, proj, lengths, True, torch.float32)
     runs = []

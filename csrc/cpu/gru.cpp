@@ -3,14 +3,14 @@
 //
 // The GEMM limit: each step needs h_{t-1} W_hh^T, a [B,H] x [H,3H] GEMM (2*B*3H*H FLOPs), and
 // the backward another of the same size plus dW_hh over all T*B rows; the rest is O(B*H)
-// pointwise work. So per step: ONE BLAS GEMM into a [B,3H] buffer (over the rows still valid at
-// that step only), then ONE fused pointwise pass over [B,H] (b_hh added there), threaded over
-// batch rows only when big enough to repay at::parallel_for. BLAS threads itself on the same
-// OpenMP pool, so gemm is never called inside a parallel_for. No allocation or dispatcher call
-// inside the time loop. The backward keeps d_gh's n columns (d_n * r) for all steps beside d_gx
-// (its r, z columns) and forms dW_hh = d_gh^T h_prev after the loop with GEMMs over all T*B rows
-// (y shifted is h_prev in the forward direction); db_hh is summed per batch row in double, then
-// over rows in a fixed order: deterministic for a fixed thread count.
+// pointwise work. So per step: ONE GEMM into a [B,3H] buffer (over the rows still valid at that
+// step only; its weights packed once per call, step_weight.h), then ONE fused pointwise pass over
+// [B,H] (b_hh added there). Threads as in lstm.cpp: one chunk of batch rows per thread through the
+// whole time loop when every thread gets enough rows, else each step split. No allocation or
+// dispatcher call inside the time loop. The backward keeps d_gh's n columns (d_n * r) for all
+// steps beside d_gx (its r, z columns) and forms dW_hh = d_gh^T h_prev after the loop with GEMMs
+// over all T*B rows (y shifted is h_prev in the forward direction); db_hh is summed per batch row
+// in double, then over rows in a fixed order: deterministic for a fixed thread count.
 #include <rnnkernels/gru.h>
 
 #include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
@@ -28,11 +28,6 @@ inline namespace v0 {
 namespace {
 
 using namespace detail;
-
-// Pointwise elements per step from which the row loop is split over threads. On 2 cores,
-// splitting B=32 H=256 (~10 us of pointwise vs ~100 us of GEMM per step) gained nothing
-// measurable, and every extra parallel region is a barrier that stalls when a core is busy.
-constexpr int64_t kParallelElements = 32768;
 
 // One forward step of one batch row (H units). gh = h_{t-1} W_hh^T without the bias.
 template <typename scalar_t, bool bias>
@@ -97,46 +92,6 @@ RNNKERNELS_MULTIVERSION void step_bwd(const scalar_t* __restrict__ grad_y,  // [
   }
 }
 
-// Runs body(b_begin, b_end) over batch rows: on this thread for small steps, else split over
-// the pool (each part flushes denormals in its own thread).
-template <typename F>
-inline void for_rows(int64_t B, int64_t H, const F& body) {
-  const int64_t threads = at::get_num_threads();
-  if (threads <= 1 || B < 2 || B * H < kParallelElements) {
-    body(0, B);
-    return;
-  }
-  const int64_t grain = (B + threads - 1) / threads;
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    FlushDenormals flush;
-    body(begin, end);
-  });
-}
-
-// The rows valid at step t (lengths[b] > t) lie in [lo, hi); dense when all rows there are.
-struct Rows {
-  int64_t lo, hi;
-  bool dense;
-};
-
-std::vector<Rows> valid_rows(const std::vector<int64_t>& len, int64_t T) {
-  const int64_t B = int64_t(len.size());
-  std::vector<Rows> rows(T);
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t lo = B, hi = 0, count = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      if (len[b] > t) {
-        lo = std::min(lo, b);
-        hi = b + 1;
-        ++count;
-      }
-    }
-    if (count == 0) lo = hi = 0;
-    rows[t] = {lo, hi, count == hi - lo};
-  }
-  return rows;
-}
-
 template <typename scalar_t>
 void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
                 const scalar_t* h0, const std::vector<int64_t>& len, bool reverse, scalar_t* y,
@@ -144,31 +99,32 @@ void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
                 int64_t H) {
   FlushDenormals flush;
   const int64_t G = 3 * H;
-  const std::vector<Rows> rows = valid_rows(len, T);
   std::memcpy(hT, h0, B * H * sizeof(scalar_t));  // the running state lives in hT
   OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
   const StepWeight<scalar_t> recurrent(w_hh, true, B, G, H);  // h W_hh^T
   auto step = b_hh ? step_fwd<scalar_t, true> : step_fwd<scalar_t, false>;
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    const Rows r = rows[t];
-    // gh[lo:hi] = h[lo:hi] W_hh^T   [rows, 3H]
-    recurrent.gemm(r.hi - r.lo, hT + r.lo * H, H, scalar_t(0), gh + r.lo * G, G);
-    const scalar_t* gx_t = gx + t * B * G;
-    scalar_t *y_t = y + t * B * H, *gates_t = gates + t * B * G, *hn_t = hn + t * B * H;
-    for_rows(B, H, [&](int64_t b_begin, int64_t b_end) {
-      for (int64_t b = b_begin; b < b_end; ++b) {
-        if (t < len[b]) {
-          step(gx_t + b * G, gh + b * G, b_hh, hT + b * H, y_t + b * H, gates_t + b * G,
-               hn_t + b * H, H);
-        } else {  // past the end: outputs 0, state frozen
-          std::fill_n(y_t + b * H, H, scalar_t(0));
-          std::fill_n(gates_t + b * G, G, scalar_t(0));
-          std::fill_n(hn_t + b * H, H, scalar_t(0));
+  for_batch_chunks(B, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const StepRows r(len, t, b0, b1);
+      // gh[lo:hi] = h[lo:hi] W_hh^T   [rows, 3H]
+      recurrent.gemm(r.n(), hT + r.lo * H, H, scalar_t(0), gh + r.lo * G, G);
+      const scalar_t* gx_t = gx + t * B * G;
+      scalar_t *y_t = y + t * B * H, *gates_t = gates + t * B * G, *hn_t = hn + t * B * H;
+      for_rows(b0, b1, G, [&](int64_t b_begin, int64_t b_end) {
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          if (t < len[b]) {
+            step(gx_t + b * G, gh + b * G, b_hh, hT + b * H, y_t + b * H, gates_t + b * G,
+                 hn_t + b * H, H);
+          } else {  // past the end: outputs 0, state frozen
+            std::fill_n(y_t + b * H, H, scalar_t(0));
+            std::fill_n(gates_t + b * G, G, scalar_t(0));
+            std::fill_n(hn_t + b * H, H, scalar_t(0));
+          }
         }
-      }
-    });
-  }
+      });
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -180,41 +136,43 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
                 int64_t H) {
   FlushDenormals flush;
   const int64_t G = 3 * H, BH = B * H;
-  const std::vector<Rows> rows = valid_rows(len, T);
   std::vector<double> d_b_rows(bias ? B * G : 0, 0.0);  // [B,3H] per-row sums of d_gh
   std::memcpy(d_h0, grad_hT, BH * sizeof(scalar_t));    // the running dL/dh lives in d_h0
   auto step = bias ? step_bwd<scalar_t, true> : step_bwd<scalar_t, false>;
   OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
   const StepWeight<scalar_t> recurrent(w_hh, false, B, H, G);  // d_gh W_hh
-  for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
-    const int64_t t = reverse ? T - 1 - s : s;
-    const Rows r = rows[t];
-    const int64_t at = t * BH;
-    for_rows(B, H, [&](int64_t b_begin, int64_t b_end) {
-      for (int64_t b = b_begin; b < b_end; ++b) {
-        scalar_t* d_gx_tb = d_gx + (at + b * H) * 3;
-        if (t >= len[b]) {  // invalid step: zero gradients, dh passes through
-          std::fill_n(d_gx_tb, G, scalar_t(0));
-          std::fill_n(d_hn + at + b * H, H, scalar_t(0));
-          if (b >= r.lo && b < r.hi) {  // inside the GEMM's rows: keep dh out of its reach
-            std::fill_n(d_gh + b * G, G, scalar_t(0));
-            std::memcpy(saved_dh + b * H, d_h0 + b * H, H * sizeof(scalar_t));
+  for_batch_chunks(B, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+    for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
+      const int64_t t = reverse ? T - 1 - s : s;
+      const StepRows r(len, t, b0, b1);
+      const int64_t at = t * BH;
+      for_rows(b0, b1, G, [&](int64_t b_begin, int64_t b_end) {
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          scalar_t* d_gx_tb = d_gx + (at + b * H) * 3;
+          if (t >= len[b]) {  // invalid step: zero gradients, dh passes through
+            std::fill_n(d_gx_tb, G, scalar_t(0));
+            std::fill_n(d_hn + at + b * H, H, scalar_t(0));
+            if (b >= r.lo && b < r.hi) {  // inside the GEMM's rows: keep dh out of its reach
+              std::fill_n(d_gh + b * G, G, scalar_t(0));
+              std::memcpy(saved_dh + b * H, d_h0 + b * H, H * sizeof(scalar_t));
+            }
+            continue;
           }
-          continue;
+          const bool first = reverse ? t == len[b] - 1 : t == 0;  // the sequence's first step
+          const scalar_t* h_prev =
+              first ? h0 + b * H : y + (reverse ? at + BH : at - BH) + b * H;
+          step(grad_y + at + b * H, gates + (at + b * H) * 3, hn + at + b * H, h_prev,
+               d_h0 + b * H, d_gx_tb, d_gh + b * G, d_hn + at + b * H,
+               bias ? d_b_rows.data() + b * G : nullptr, H);
         }
-        const bool first = reverse ? t == len[b] - 1 : t == 0;  // the sequence's first step
-        const scalar_t* h_prev = first ? h0 + b * H : y + (reverse ? at + BH : at - BH) + b * H;
-        step(grad_y + at + b * H, gates + (at + b * H) * 3, hn + at + b * H, h_prev, d_h0 + b * H,
-             d_gx_tb, d_gh + b * G, d_hn + at + b * H, bias ? d_b_rows.data() + b * G : nullptr,
-             H);
-      }
-    });
-    // dh[lo:hi] = dh_t * z + d_gh[lo:hi] W_hh
-    recurrent.gemm(r.hi - r.lo, d_gh + r.lo * G, G, scalar_t(1), d_h0 + r.lo * H, H);
-    if (!r.dense)
-      for (int64_t b = r.lo; b < r.hi; ++b)
-        if (t >= len[b]) std::memcpy(d_h0 + b * H, saved_dh + b * H, H * sizeof(scalar_t));
-  }
+      });
+      // dh[lo:hi] = dh_t * z + d_gh[lo:hi] W_hh
+      recurrent.gemm(r.n(), d_gh + r.lo * G, G, scalar_t(1), d_h0 + r.lo * H, H);
+      if (!r.dense)
+        for (int64_t b = r.lo; b < r.hi; ++b)
+          if (t >= len[b]) std::memcpy(d_h0 + b * H, saved_dh + b * H, H * sizeof(scalar_t));
+    }
+  });
   one_blas_thread.release();  // the GEMMs over all T*B rows thread
   // d_w_hh = d_gh^T h_prev over all T*B rows, h_prev as steps.previous_states builds it; d_gh is
   // d_gx in its r, z columns and d_hn in its n columns.

@@ -9,9 +9,10 @@
 // dh_prev = d_pre W_hh per step), and its weight gradients are single GEMMs over all T*B rows.
 // Only the rows some sequence still needs at a step enter its GEMMs ([lo, hi) of the valid rows),
 // so packed batches cost their true length. For float the step GEMMs' weights are packed once per
-// call rather than inside every step (step_weight.h: our AVX2 kernel, or MKL's packed GEMM), and
-// a small step GEMM runs on one thread. The pointwise pass is split over batch rows with
-// at::parallel_for only when a step is large, never around a GEMM.
+// call rather than inside every step (step_weight.h: our AVX2 kernel, or MKL's packed GEMM).
+// Threads: the batch rows are independent recurrences, so a batch with enough rows per thread runs
+// as one chunk of rows per thread, each through the whole time loop (for_batch_chunks); otherwise
+// each step is split (a large step GEMM's panels, then the pointwise pass's rows).
 #include <rnnkernels/lstm.h>
 
 #include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
@@ -107,41 +108,6 @@ RNNKERNELS_MULTIVERSION void row_add(const scalar_t* __restrict__ a,
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] + b[j];
 }
 
-// Runs body(b_begin, b_end) over the batch rows: on the calling thread for small steps (a
-// parallel_for costs microseconds), split over the pool for large ones.
-struct RowSplit {
-  bool parallel;
-  int64_t grain;
-  RowSplit(int64_t B, int64_t row_work) {
-    // Elements of a step worth two threads (B=32, H=256 is 32K: forward ~20% faster split).
-    constexpr int64_t min_parallel_work = 16384;
-    parallel = at::get_num_threads() > 1 && B > 1 && B * row_work >= min_parallel_work;
-    grain = std::max<int64_t>(1, min_parallel_work / 4 / std::max<int64_t>(1, row_work));
-  }
-  template <typename F>
-  void run(int64_t B, const F& body) const {
-    if (!parallel) return body(0, B);
-    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-      FlushDenormals flush;  // pool threads have their own FP mode
-      body(begin, end);
-    });
-  }
-};
-
-// The rows valid at step t: [lo, hi) spans them; dense when every row in it is valid.
-struct StepRows {
-  int64_t lo = 0, hi = 0;
-  bool dense = true;
-  StepRows(const std::vector<int64_t>& len, int64_t t) {
-    const int64_t B = int64_t(len.size());
-    while (lo < B && len[lo] <= t) ++lo;
-    hi = B;
-    while (hi > lo && len[hi - 1] <= t) --hi;
-    for (int64_t b = lo; b < hi && dense; ++b) dense = len[b] > t;
-  }
-  int64_t n() const { return hi - lo; }
-};
-
 template <typename scalar_t>
 struct Fwd {
   const scalar_t *gx, *w_hh, *w_hr, *h0, *c0;
@@ -175,21 +141,30 @@ struct Fwd {
     const int64_t G = 4 * H;
     std::memcpy(h, h0, B * R * sizeof(scalar_t));
     std::memcpy(c, c0, B * H * sizeof(scalar_t));
-    const RowSplit split(B, G);
     const OneBlasThread one_blas_thread(2 * B * R * G < kThreadedGemmFlops);
     const StepWeight<scalar_t> recurrent(w_hh, true, B, G, R);            // h W_hh^T
     const StepWeight<scalar_t> projection(w_hr, true, proj ? B : 0, R, H);  // r W_hr^T
+    for_batch_chunks(B, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+      steps<proj>(recurrent, projection, b0, b1);
+    });
+  }
+
+  // Every step for the rows [b0, b1).
+  template <bool proj>
+  void steps(const StepWeight<scalar_t>& recurrent, const StepWeight<scalar_t>& projection,
+             int64_t b0, int64_t b1) const {
+    const int64_t G = 4 * H;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
-      const StepRows rows_t(len, t);
+      const StepRows rows_t(len, t, b0, b1);
       const int64_t lo = rows_t.lo, n = rows_t.n();
       scalar_t* g_t = gates + t * B * G;  // [B,4H]
       scalar_t* y_t = y + t * B * R;      // [B,R]
       recurrent.gemm(n, h + lo * R, R, scalar_t(0), g_t + lo * G, G);  // gx added pointwise
-      split.run(B, [&](int64_t b0, int64_t b1) { rows<proj>(t, b0, b1); });
+      for_rows(b0, b1, G, [&](int64_t begin, int64_t end) { rows<proj>(t, begin, end); });
       if (proj) {
         projection.gemm(n, r + lo * H, H, scalar_t(0), y_t + lo * R, R);  // h_t = r_t W_hr^T
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = b0; b < b1; ++b) {
           if (t < len[b])
             std::memcpy(h + b * R, y_t + b * R, R * sizeof(scalar_t));
           else
@@ -234,19 +209,28 @@ struct Bwd {
   void run() const {
     FlushDenormals flush;
     const int64_t G = 4 * H;
-    const RowSplit split(B, G);
     const OneBlasThread one_blas_thread(2 * B * R * G < kThreadedGemmFlops);
     const StepWeight<scalar_t> recurrent(w_hh, false, B, R, G);           // d_pre W_hh
     const StepWeight<scalar_t> projection(w_hr, false, proj ? B : 0, H, R);  // dh_t W_hr
+    for_batch_chunks(B, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+      steps<proj>(recurrent, projection, b0, b1);
+    });
+  }
+
+  // Every step, backwards, for the rows [b0, b1).
+  template <bool proj>
+  void steps(const StepWeight<scalar_t>& recurrent, const StepWeight<scalar_t>& projection,
+             int64_t b0, int64_t b1) const {
+    const int64_t G = 4 * H;
     for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;
       const scalar_t* c_prev = t_prev < 0 || t_prev >= T ? c0 : cells + t_prev * B * H;
-      const StepRows rows_t(len, t);
+      const StepRows rows_t(len, t, b0, b1);
       const int64_t lo = rows_t.lo, n = rows_t.n();
       if (proj) {
         scalar_t* dh_tt = dh_t + t * B * R;  // [B,P]
-        for (int64_t b = 0; b < B; ++b) {
+        for (int64_t b = b0; b < b1; ++b) {
           if (t < len[b])
             row_add(dh + b * R, grad_y + (t * B + b) * R, dh_tt + b * R, R);
           else
@@ -254,7 +238,7 @@ struct Bwd {
         }
         projection.gemm(n, dh_tt + lo * R, R, scalar_t(0), dr + lo * H, H);  // dr = dh_t W_hr
       }
-      split.run(B, [&](int64_t b0, int64_t b1) { rows<proj>(t, c_prev, b0, b1); });
+      for_rows(b0, b1, G, [&](int64_t begin, int64_t end) { rows<proj>(t, c_prev, begin, end); });
       // dh_{t-1} = d_pre W_hh for the valid rows; the others keep theirs.
       scalar_t* out = rows_t.dense ? dh : dh_next;
       recurrent.gemm(n, d_gx + (t * B + lo) * G, G, scalar_t(0), out + lo * R, R);
