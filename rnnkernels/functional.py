@@ -166,9 +166,9 @@ class _Layout:
     """The input's layout. Padded input runs time-major [T, B, I] (batch_first and unbatched
     input are viewed so). Packed input stays as its rows [N, I] between layers: the input GEMMs
     then skip the padding, and only their results are padded for the per-layer ops, by one index
-    op each way (pad_packed_sequence copies per distinct length, and its backward copies the whole
-    padded gradient per distinct length: 55 of 142 ms of a packed LSTM T=100 B=32 H=256 with 32
-    lengths)."""
+    op each way (_ToPadded / _ToRows). pad_packed_sequence copies per distinct length, and its
+    backward copies the whole padded gradient per distinct length: 55 of 142 ms of a packed LSTM
+    T=100 B=32 H=256 with 32 lengths."""
 
     def __init__(self, input: Tensor | PackedSequence, batch_first: bool) -> None:
         self.packed = input if isinstance(input, PackedSequence) else None
@@ -184,7 +184,10 @@ class _Layout:
                 lengths = torch.empty_like(lengths).index_copy_(0, sorted_indices, lengths)
             self.lengths = lengths.to(self.x.device)
             positions = _padded_positions(input.batch_sizes, sorted_indices, self.B)
+            padding = torch.ones(self.T * self.B, dtype=torch.bool)
+            padding[positions] = False
             self.positions = positions.to(self.x.device)
+            self.padding = padding.nonzero().squeeze(1).to(self.x.device)
         else:
             x = input.unsqueeze(1) if self.unbatched else input
             self.x = x.transpose(0, 1) if batch_first and not self.unbatched else x
@@ -194,20 +197,49 @@ class _Layout:
         """[N, G] rows in the input's layout -> [T, B, G], zero past each sequence's end."""
         if self.packed is None:
             return rows
-        padded = rows.new_zeros(self.T * self.B, rows.shape[1])
-        return padded.index_put((self.positions,), rows).view(self.T, self.B, -1)
+        padded = _ToPadded.apply(rows, self.positions, self.padding, self.T * self.B)
+        return padded.view(self.T, self.B, -1)
 
     def unpadded(self, y: Tensor) -> Tensor:
         """[T, B, G] -> rows in the input's layout."""
         if self.packed is None:
             return y
-        return y.reshape(self.T * self.B, -1)[self.positions]
+        return _ToRows.apply(y.reshape(self.T * self.B, -1), self.positions, self.padding)
 
     def output(self, x: Tensor) -> Tensor | PackedSequence:
         if self.packed is not None:
             p = self.packed
             return PackedSequence(x, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
         return x.transpose(0, 1) if self.batch_first else x
+
+
+class _ToPadded(torch.autograd.Function):
+    """rows [N, G] -> [size, G]: row i at positions[i], zeros at the padding positions. Each of
+    _ToPadded / _ToRows is the other's backward. Written out because autograd's own backward
+    of an index op accumulates through a zero-filled copy (the positions are unique: no need)."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, positions: Tensor, padding: Tensor, size: int) -> Tensor:
+        ctx.positions, ctx.padding = positions, padding
+        padded = rows.new_empty(size, rows.shape[1]).index_fill_(0, padding, 0)
+        return padded.index_copy_(0, positions, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _ToRows.apply(grad, ctx.positions, ctx.padding), None, None, None
+
+
+class _ToRows(torch.autograd.Function):
+    """[size, G] -> rows [N, G]: the rows at positions (see _ToPadded)."""
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, positions: Tensor, padding: Tensor) -> Tensor:
+        ctx.positions, ctx.padding, ctx.size = positions, padding, padded.shape[0]
+        return padded.index_select(0, positions)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _ToPadded.apply(grad, ctx.positions, ctx.padding, ctx.size), None, None
 
 
 def _padded_positions(batch_sizes: Tensor, sorted_indices: Tensor | None, B: int) -> Tensor:
