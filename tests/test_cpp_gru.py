@@ -58,7 +58,7 @@ LENGTHS_33 = torch.tensor([5, 3, 0, 6, 6, 1, 5] * 4 + [2, 6, 4, 6, 1])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("B,H", [(33, 200), (5, 1200)], ids=["chunks", "split-steps"])
 def test_threaded_shape_matches_oracle(two_threads, bias, lengths, reverse, dtype, B, H):
-    """Two threads: B=33 runs as batch chunks of 20 and 13 rows; B=5, 3H=3600 splits each step
+    """Two threads: B=33 runs as batch chunks of 16 and 17 rows; B=5, 3H=3600 splits each step
     (the GEMM's panels, the pointwise pass's rows)."""
     lengths = None if lengths is None else lengths[:B]
     args = layer_args(6, B, H, bias, lengths, reverse, dtype)

@@ -103,7 +103,7 @@ void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
   OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
   const StepWeight<scalar_t> recurrent(w_hh, true, B, G, H);  // h W_hh^T
   auto step = b_hh ? step_fwd<scalar_t, true> : step_fwd<scalar_t, false>;
-  for_batch_chunks(B, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+  for_batch_chunks(len, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const StepRows r(len, t, b0, b1);
@@ -141,7 +141,7 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
   auto step = bias ? step_bwd<scalar_t, true> : step_bwd<scalar_t, false>;
   OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
   const StepWeight<scalar_t> recurrent(w_hh, false, B, H, G);  // d_gh W_hh
-  for_batch_chunks(B, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+  for_batch_chunks(len, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
       const int64_t t = reverse ? T - 1 - s : s;
       const StepRows r(len, t, b0, b1);

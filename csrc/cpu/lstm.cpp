@@ -144,7 +144,7 @@ struct Fwd {
     const OneBlasThread one_blas_thread(2 * B * R * G < kThreadedGemmFlops);
     const StepWeight<scalar_t> recurrent(w_hh, true, B, G, R);            // h W_hh^T
     const StepWeight<scalar_t> projection(w_hr, true, proj ? B : 0, R, H);  // r W_hr^T
-    for_batch_chunks(B, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+    for_batch_chunks(len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
       steps<proj>(recurrent, projection, b0, b1);
     });
   }
@@ -212,7 +212,7 @@ struct Bwd {
     const OneBlasThread one_blas_thread(2 * B * R * G < kThreadedGemmFlops);
     const StepWeight<scalar_t> recurrent(w_hh, false, B, R, G);           // d_pre W_hh
     const StepWeight<scalar_t> projection(w_hr, false, proj ? B : 0, H, R);  // dh_t W_hr
-    for_batch_chunks(B, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+    for_batch_chunks(len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
       steps<proj>(recurrent, projection, b0, b1);
     });
   }
