@@ -100,7 +100,7 @@ void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
   FlushDenormals flush;
   const int64_t G = 3 * H;
   std::memcpy(hT, h0, B * H * sizeof(scalar_t));  // the running state lives in hT
-  OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
+  OneBlasThread one_blas_thread(!split_step_gemm(B, G, H, sizeof(scalar_t)));
   const StepWeight<scalar_t> recurrent(w_hh, true, B, G, H);  // h W_hh^T
   auto step = b_hh ? step_fwd<scalar_t, true> : step_fwd<scalar_t, false>;
   for_batch_chunks(len, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
@@ -139,7 +139,7 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
   std::vector<double> d_b_rows(bias ? B * G : 0, 0.0);  // [B,3H] per-row sums of d_gh
   std::memcpy(d_h0, grad_hT, BH * sizeof(scalar_t));    // the running dL/dh lives in d_h0
   auto step = bias ? step_bwd<scalar_t, true> : step_bwd<scalar_t, false>;
-  OneBlasThread one_blas_thread(2 * B * G * H < kThreadedGemmFlops);
+  OneBlasThread one_blas_thread(!split_step_gemm(B, G, H, sizeof(scalar_t)));
   const StepWeight<scalar_t> recurrent(w_hh, false, B, H, G);  // d_gh W_hh
   for_batch_chunks(len, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards

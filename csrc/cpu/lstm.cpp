@@ -141,7 +141,7 @@ struct Fwd {
     const int64_t G = 4 * H;
     std::memcpy(h, h0, B * R * sizeof(scalar_t));
     std::memcpy(c, c0, B * H * sizeof(scalar_t));
-    const OneBlasThread one_blas_thread(2 * B * R * G < kThreadedGemmFlops);
+    const OneBlasThread one_blas_thread(!split_step_gemm(B, G, R, sizeof(scalar_t)));
     const StepWeight<scalar_t> recurrent(w_hh, true, B, G, R);            // h W_hh^T
     const StepWeight<scalar_t> projection(w_hr, true, proj ? B : 0, R, H);  // r W_hr^T
     for_batch_chunks(len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
@@ -209,7 +209,7 @@ struct Bwd {
   void run() const {
     FlushDenormals flush;
     const int64_t G = 4 * H;
-    const OneBlasThread one_blas_thread(2 * B * R * G < kThreadedGemmFlops);
+    const OneBlasThread one_blas_thread(!split_step_gemm(B, G, R, sizeof(scalar_t)));
     const StepWeight<scalar_t> recurrent(w_hh, false, B, R, G);           // d_pre W_hh
     const StepWeight<scalar_t> projection(w_hr, false, proj ? B : 0, H, R);  // dh_t W_hr
     for_batch_chunks(len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {

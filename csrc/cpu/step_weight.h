@@ -3,8 +3,9 @@
 //
 // float on x86-64 with AVX2+FMA but no AVX-512: our own kernel. op(W) is packed into panels of 24
 // columns ([k][24] each, zero-padded), and a 4x24 register block (12 ymm accumulators, 3 panel
-// loads and 4 broadcasts per 12 FMAs) walks 4 rows of A at a time down each panel; a large step
-// splits the panels over torch's pool. On the development machine (a 2-core Zen 3 EPYC) it ran
+// loads and 4 broadcasts per 12 FMAs) walks 4 rows of A at a time down each panel (the last 1-3
+// rows in a block of their own size); a split step (split_step_gemm) divides the panels over
+// torch's pool. On the development machine (a 2-core Zen 3 EPYC) it ran
 // step GEMMs 1.1-1.5x faster than MKL's packed sgemm_compute on one thread ([32,256]x[256,1024]
 // 181 vs 223 us; [32,1024]x[1024,256] 178 vs 206 us; [8,64]x[64,256] 3.1 vs 4.3 us), and layer
 // ops on two threads up to 1.3x faster than with MKL (LSTM T=100 B=32 H=256 forward 14-16 vs
@@ -44,25 +45,34 @@ namespace rnnkernels {
 inline namespace v0 {
 namespace detail {
 
-// Step GEMMs below this many FLOPs run on one thread (T200 B8 H64 forward 1.4 -> 0.9 ms).
-constexpr int64_t kThreadedGemmFlops = 2000000;
+// Whether a step GEMM C[rows,n] = A[rows,k] op(W) is worth splitting over threads: from 2 MFLOP
+// (below, a parallel region per step costs more than it saves: T=200 B=8 H=64 forward 1.4 -> 0.9
+// ms on one thread), or when W exceeds 512 KiB (a core's L2 here), for then the split lets each
+// core keep its share of W in its own L2 across steps where one core would stream all of W from
+// L3 every step (2 threads, T=100, B=1 H=256 forward: LSTM 1.7-2.1 -> 1.5 ms, GRU 1.3-1.5 -> 1.1
+// ms; at B=1 H=128, W in L2, the split was slower: 0.44 -> 0.56 ms).
+inline bool split_step_gemm(int64_t rows, int64_t n, int64_t k, int64_t element_bytes) {
+  return 2 * rows * n * k >= 2000000 || n * k * element_bytes > (512 << 10);
+}
 
 #ifdef RNNKERNELS_AVX2_GEMM
 constexpr int64_t kPanel = 24;  // columns of op(W) per packed panel
 
-// C[rows, cols] = A[rows, :k] panel[:k, :cols] + beta C, rows <= 4, cols <= 24; missing rows
-// repeat row 0 of A and are not stored. beta == 0 never reads C (it may hold NaN). The twelve
-// accumulators are named, row by row, not an array: GCC kept an array of them on the stack,
-// storing it every iteration (half the speed).
-__attribute__((target("avx2,fma"))) inline void panel_4x24(int64_t k, const float* a,
-                                                           int64_t lda, int64_t rows,
-                                                           const float* panel, float* c,
-                                                           int64_t ldc, float beta,
-                                                           int64_t cols) {
+// C[R, cols] = A[R, :k] panel[:k, :cols] + beta C, R = 1..4 rows, cols <= 24. beta == 0 never
+// reads C (it may hold NaN). The accumulators are named, row by row, not an array: GCC kept an
+// array of them on the stack, storing it every iteration (half the speed). R is a template
+// argument so a step with fewer than 4 rows left (B=1 inference, a batch's last rows) does not
+// pay for 4: its unused accumulators and FMAs compile away.
+template <int R>
+__attribute__((target("avx2,fma"))) inline void panel_block(int64_t k, const float* a,
+                                                            int64_t lda, const float* panel,
+                                                            float* c, int64_t ldc, float beta,
+                                                            int64_t cols) {
+  static_assert(R >= 1 && R <= 4);
   const float* a0 = a;
-  const float* a1 = a + (rows > 1 ? lda : 0);
-  const float* a2 = a + (rows > 2 ? 2 * lda : 0);
-  const float* a3 = a + (rows > 3 ? 3 * lda : 0);
+  const float* a1 = a + (R > 1 ? lda : 0);
+  const float* a2 = a + (R > 2 ? 2 * lda : 0);
+  const float* a3 = a + (R > 3 ? 3 * lda : 0);
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
          c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
   for (int64_t i = 0; i < k; ++i) {
@@ -72,25 +82,31 @@ __attribute__((target("avx2,fma"))) inline void panel_4x24(int64_t k, const floa
     c00 = _mm256_fmadd_ps(x, b0, c00);
     c01 = _mm256_fmadd_ps(x, b1, c01);
     c02 = _mm256_fmadd_ps(x, b2, c02);
-    x = _mm256_broadcast_ss(a1 + i);
-    c10 = _mm256_fmadd_ps(x, b0, c10);
-    c11 = _mm256_fmadd_ps(x, b1, c11);
-    c12 = _mm256_fmadd_ps(x, b2, c12);
-    x = _mm256_broadcast_ss(a2 + i);
-    c20 = _mm256_fmadd_ps(x, b0, c20);
-    c21 = _mm256_fmadd_ps(x, b1, c21);
-    c22 = _mm256_fmadd_ps(x, b2, c22);
-    x = _mm256_broadcast_ss(a3 + i);
-    c30 = _mm256_fmadd_ps(x, b0, c30);
-    c31 = _mm256_fmadd_ps(x, b1, c31);
-    c32 = _mm256_fmadd_ps(x, b2, c32);
+    if constexpr (R > 1) {
+      x = _mm256_broadcast_ss(a1 + i);
+      c10 = _mm256_fmadd_ps(x, b0, c10);
+      c11 = _mm256_fmadd_ps(x, b1, c11);
+      c12 = _mm256_fmadd_ps(x, b2, c12);
+    }
+    if constexpr (R > 2) {
+      x = _mm256_broadcast_ss(a2 + i);
+      c20 = _mm256_fmadd_ps(x, b0, c20);
+      c21 = _mm256_fmadd_ps(x, b1, c21);
+      c22 = _mm256_fmadd_ps(x, b2, c22);
+    }
+    if constexpr (R > 3) {
+      x = _mm256_broadcast_ss(a3 + i);
+      c30 = _mm256_fmadd_ps(x, b0, c30);
+      c31 = _mm256_fmadd_ps(x, b1, c31);
+      c32 = _mm256_fmadd_ps(x, b2, c32);
+    }
   }
   alignas(32) float out[4][kPanel];
   _mm256_store_ps(out[0], c00), _mm256_store_ps(out[0] + 8, c01), _mm256_store_ps(out[0] + 16, c02);
   _mm256_store_ps(out[1], c10), _mm256_store_ps(out[1] + 8, c11), _mm256_store_ps(out[1] + 16, c12);
   _mm256_store_ps(out[2], c20), _mm256_store_ps(out[2] + 8, c21), _mm256_store_ps(out[2] + 16, c22);
   _mm256_store_ps(out[3], c30), _mm256_store_ps(out[3] + 8, c31), _mm256_store_ps(out[3] + 16, c32);
-  for (int64_t r = 0; r < rows && r < 4; ++r) {
+  for (int64_t r = 0; r < R; ++r) {
     float* cr = c + r * ldc;
     if (beta == 0)
       std::copy_n(out[r], cols, cr);
@@ -99,7 +115,13 @@ __attribute__((target("avx2,fma"))) inline void panel_4x24(int64_t k, const floa
   }
 }
 
-// AVX2 and FMA without AVX-512: where panel_4x24 beat MKL (see the top of this file).
+// panel_block<R> for R = 1..4 (index 0 unused).
+using PanelBlock = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, float,
+                            int64_t);
+constexpr PanelBlock kBlocks[5] = {nullptr, panel_block<1>, panel_block<2>, panel_block<3>,
+                                   panel_block<4>};
+
+// AVX2 and FMA without AVX-512: where panel_block beat MKL (see the top of this file).
 inline bool use_panel_gemm() {
   static const bool yes = [] {
     __builtin_cpu_init();
@@ -183,11 +205,11 @@ class StepWeight {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t col = p * kPanel, cols = std::min(kPanel, n_ - col);
         for (int64_t r = 0; r < rows; r += 4)
-          panel_4x24(k_, a + r * lda, lda, std::min<int64_t>(4, rows - r), panels_ + col * k_,
-                     c + r * ldc + col, ldc, beta, cols);
+          kBlocks[std::min<int64_t>(4, rows - r)](k_, a + r * lda, lda, panels_ + col * k_,
+                                                  c + r * ldc + col, ldc, beta, cols);
       }
     };
-    if (2 * rows * n_ * k_ < kThreadedGemmFlops || at::get_num_threads() < 2) {
+    if (!split_step_gemm(rows, n_, k_, sizeof(float)) || at::get_num_threads() < 2) {
       body(0, panels);
       return;
     }
