@@ -113,6 +113,11 @@ PRESETS: dict[str, Preset] = {
             Shape("indrnn", 784, 32, 128, reps=3),
         ),
     ),
+    "small-batch": Preset(
+        "CPU small batches (streaming inference): B=1..5, fewer rows than a register block",
+        "cpu",
+        (*_both(100, 1, 256, reps=20), *_both(100, 1, 1024, reps=5), *_both(100, 5, 512, reps=10)),
+    ),
     "gpu": Preset(
         "GPU default: one shape from each GPU family",
         "cuda",
