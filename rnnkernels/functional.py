@@ -178,16 +178,11 @@ class _Layout:
             self.x = input.data
             self.B = int(input.batch_sizes[0])
             self.T = len(input.batch_sizes)
-            lengths = _packed_lengths(input.batch_sizes)  # sorted order, on the CPU
             sorted_indices = None if input.sorted_indices is None else input.sorted_indices.cpu()
-            if sorted_indices is not None:  # the caller's order, as hx is
-                lengths = torch.empty_like(lengths).index_copy_(0, sorted_indices, lengths)
+            lengths, positions, padding = _packed_index(input.batch_sizes, sorted_indices)
             self.lengths = lengths.to(self.x.device)
-            positions = _padded_positions(input.batch_sizes, sorted_indices, self.B)
-            padding = torch.ones(self.T * self.B, dtype=torch.bool)
-            padding[positions] = False
             self.positions = positions.to(self.x.device)
-            self.padding = padding.nonzero().squeeze(1).to(self.x.device)
+            self.padding = padding.to(self.x.device)
         else:
             x = input.unsqueeze(1) if self.unbatched else input
             self.x = x.transpose(0, 1) if batch_first and not self.unbatched else x
@@ -242,16 +237,20 @@ class _ToRows(torch.autograd.Function):
         return _ToPadded.apply(grad, ctx.positions, ctx.padding, ctx.size), None, None
 
 
-def _padded_positions(batch_sizes: Tensor, sorted_indices: Tensor | None, B: int) -> Tensor:
-    """[N] int64: where each row of a PackedSequence's data sits in the time-major padded
-    [T * B] form with the batch in the caller's order (row j of step t is sequence
-    sorted_indices[j])."""
-    t = torch.repeat_interleave(torch.arange(len(batch_sizes)), batch_sizes)
-    j = torch.arange(len(t)) - (torch.cumsum(batch_sizes, 0) - batch_sizes)[t]
-    return t * B + (j if sorted_indices is None else sorted_indices[j])
-
-
-def _packed_lengths(batch_sizes: Tensor) -> Tensor:
-    """[B] sequence lengths, in sorted order, from a PackedSequence's batch sizes."""
-    rows = torch.arange(int(batch_sizes[0])).unsqueeze(1)  # [B, 1]
-    return (rows < batch_sizes.unsqueeze(0)).sum(1)
+def _packed_index(
+    batch_sizes: Tensor, sorted_indices: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """From a PackedSequence's batch sizes (row j of step t is sequence sorted_indices[j]), on
+    the CPU: the [B] sequence lengths in the caller's order (as hx is), the [N] positions of the
+    packed rows in the time-major padded [T * B] form in the caller's batch order, and the
+    positions of that form that are padding."""
+    T, B = len(batch_sizes), int(batch_sizes[0])
+    valid = torch.arange(B) < batch_sizes.unsqueeze(1)  # [T, B] in sorted order
+    t, j = valid.nonzero(as_tuple=True)  # the packed rows, in their order
+    lengths = valid.sum(0)
+    if sorted_indices is not None:
+        j = sorted_indices[j]
+        lengths = torch.empty_like(lengths).index_copy_(0, sorted_indices, lengths)
+    positions = t * B + j
+    padding = torch.ones(T * B, dtype=torch.bool).index_fill_(0, positions, False)
+    return lengths, positions, padding.nonzero().squeeze(1)
