@@ -112,3 +112,12 @@ def test_long_sequence():
     assert_close(hT, hT_ref, "final state")
     out = run_layer(cpp_module(), args)
     assert all(t.isfinite().all() for t in out)
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+def test_batch_chunks_for_more_threads_match_oracle(two_threads, threads):
+    """3 and 4 threads (oversubscribed here) over B=17 unequal lengths: whole 4-row chunks."""
+    torch.set_num_threads(threads)  # two_threads restores the caller's count
+    args = layer_args(9, 17, 24, True, LENGTHS_33[:17], False)
+    for k, (a, b) in enumerate(zip(run_layer(cpp_module(), args), run_layer(naive, args))):
+        assert_close(a, b, f"tensor {k}")

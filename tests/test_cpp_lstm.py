@@ -133,3 +133,25 @@ def test_long_sequence():
     assert_close(d_gx[-K:], expected[0], "d_gx over the last steps")
     for t in (d_gx, d_w_hh, d_h0, d_c0):
         assert t.isfinite().all()
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_batch_chunks_for_more_threads_match_oracle(threads, reverse):
+    """3 and 4 threads (oversubscribed here) over B=17 unequal lengths: chunks of whole 4-row
+    blocks, one possibly empty; forward and backward vs naive.py."""
+    T, B, H = 9, 17, 24
+    lengths = torch.tensor(UNSORTED[:B])
+    args = layer_args(T, B, H, 0, lengths, reverse, torch.float32)
+    torch.set_num_threads(threads)  # the fixture restores the caller's count
+    got = cpp().lstm_fwd(*args)
+    expected = naive.lstm_fwd(*args)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, f"forward output {k}")
+    grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1)) for o in got[:3]]
+    saved = (expected[0], expected[3], expected[4])
+    got = cpp().lstm_bwd(*grads, *args[1:], *saved)
+    expected = naive.lstm_bwd(*grads, *args[1:], *saved)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        if b is not None:
+            assert_close(a, b, f"backward output {k}")
