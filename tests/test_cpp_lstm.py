@@ -155,3 +155,21 @@ def test_batch_chunks_for_more_threads_match_oracle(threads, reverse):
     for k, (a, b) in enumerate(zip(got, expected)):
         if b is not None:
             assert_close(a, b, f"backward output {k}")
+
+
+def test_denormal_gradients_flush_to_zero_in_batch_chunks():
+    """With gates at 0.5 dc halves every step back in time, through the denormal range within
+    150 steps: every thread of the batch chunks (B=8, two threads) flushes it to zero, and the
+    caller's FP mode comes back unchanged."""
+    T, B, H = 300, 8, 16
+    args = (torch.zeros(T, B, 4 * H), torch.zeros(4 * H, H), None, torch.zeros(B, H),
+            torch.zeros(B, H), None, False)  # fmt: skip
+    y, hT, cT, gates, cells = cpp().lstm_fwd(*args)
+    grad_y = torch.zeros(T, B, H)
+    grad_y[-1] = 1.0
+    d_gx = cpp().lstm_bwd(grad_y, torch.zeros(B, H), torch.zeros(B, H), *args[1:], y, gates,
+                          cells)[0]  # fmt: skip
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((d_gx == 0) | (d_gx.abs() >= tiny)).all()  # no denormals written
+    assert d_gx[-1].ne(0).any() and d_gx[:100].eq(0).all()
+    assert (torch.tensor([1e-38]) / 100).item() != 0.0  # caller's FP mode restored (no FTZ)
