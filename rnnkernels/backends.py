@@ -150,7 +150,7 @@ def backend_names() -> list[str]:
 
 def available_backends() -> list[str]:
     """The backends that can run on this machine."""
-    return [name for name, b in _REGISTRY.items() if b.unavailable() is None]
+    return [name for name in _REGISTRY if _unavailable(name) is None]
 
 
 def get_backend() -> str:
@@ -206,8 +206,15 @@ def kernels(name: str, cell: str) -> ModuleType:
 
 def why_not(name: str, cell: str, x: torch.Tensor) -> str | None:
     """Why backend ``name`` cannot run ``cell`` on tensors like ``x``; None when it can."""
-    backend = _REGISTRY[name]
-    return backend.unavailable() or backend.cannot_run(cell, x)
+    return _unavailable(name) or _REGISTRY[name].cannot_run(cell, x)
+
+
+@torch.compiler.assume_constant_result
+def _unavailable(name: str) -> str | None:
+    """Why backend ``name`` cannot run on this machine, or None. A constant for torch.compile:
+    the first check imports modules, which Dynamo cannot trace (a model compiled with
+    fullgraph=True before any eager call failed on it)."""
+    return _REGISTRY[name].unavailable()
 
 
 def _check_name(name: object, source: str) -> None:

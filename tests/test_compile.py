@@ -1,5 +1,8 @@
 """torch.compile(fullgraph=True) traces our modules without a graph break (nn.LSTM breaks)."""
 
+import subprocess
+import sys
+
 import torch
 
 import rnnkernels
@@ -45,3 +48,27 @@ def test_fullgraph_compile_with_inductor():
     grad = torch.autograd.grad(out.sum(), x)[0]
     expected_grad = torch.autograd.grad(expected_out.sum(), x)[0]
     torch.testing.assert_close(grad, expected_grad)
+
+
+FRESH_PROCESS = """
+import torch, rnnkernels
+from torch.nn.utils.rnn import pack_padded_sequence
+model = rnnkernels.LSTM(3, 5, num_layers=2)
+compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+x = torch.randn(6, 4, 3, requires_grad=True)
+packed = pack_padded_sequence(x, torch.tensor([6, 3, 5, 2]), enforce_sorted=False)
+for input in (x, packed):
+    out, (h, c) = compiled(input)  # the first call in this process is a traced one
+    expected, (expected_h, _) = model(input)
+    data = out.data if hasattr(out, "batch_sizes") else out
+    expected = expected.data if hasattr(expected, "batch_sizes") else expected
+    torch.testing.assert_close(data, expected)
+    torch.testing.assert_close(h, expected_h)
+"""
+
+
+def test_fullgraph_compile_as_the_first_call_of_a_process():
+    """Backend availability is probed on first use (it imports modules, which Dynamo cannot
+    trace): compiling before any eager call, padded and packed input, in a fresh interpreter."""
+    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
