@@ -108,6 +108,23 @@ RNNKERNELS_MULTIVERSION void row_add(const scalar_t* __restrict__ a,
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] + b[j];
 }
 
+// Runs pass.steps<proj>(recurrent, projection, b0, b1) over the batch chunks (for_batch_chunks),
+// the step GEMMs' weights prepared once for all of them: the forward (Fwd) multiplies by W_hh^T
+// ([B,R] x [R,4H]) and W_hr^T ([B,H] x [H,P]), the backward (Bwd) by W_hh and W_hr.
+template <bool proj, typename Pass>
+void run_chunks(const Pass& pass, bool forward) {
+  using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(pass.w_hh)>>;
+  const int64_t B = pass.B, H = pass.H, R = pass.R, G = 4 * H;
+  FlushDenormals flush;
+  const OneBlasThread one_blas_thread(!split_step_gemm(B, G, R, sizeof(scalar_t)));
+  const StepWeight<scalar_t> recurrent(pass.w_hh, forward, B, forward ? G : R, forward ? R : G);
+  const StepWeight<scalar_t> projection(pass.w_hr, forward, proj ? B : 0, forward ? R : H,
+                                        forward ? H : R);
+  for_batch_chunks(pass.len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
+    pass.template steps<proj>(recurrent, projection, b0, b1);
+  });
+}
+
 template <typename scalar_t>
 struct Fwd {
   const scalar_t *gx, *w_hh, *w_hr, *h0, *c0;
@@ -137,16 +154,9 @@ struct Fwd {
 
   template <bool proj>
   void run() const {
-    FlushDenormals flush;
-    const int64_t G = 4 * H;
     std::memcpy(h, h0, B * R * sizeof(scalar_t));
     std::memcpy(c, c0, B * H * sizeof(scalar_t));
-    const OneBlasThread one_blas_thread(!split_step_gemm(B, G, R, sizeof(scalar_t)));
-    const StepWeight<scalar_t> recurrent(w_hh, true, B, G, R);            // h W_hh^T
-    const StepWeight<scalar_t> projection(w_hr, true, proj ? B : 0, R, H);  // r W_hr^T
-    for_batch_chunks(len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
-      steps<proj>(recurrent, projection, b0, b1);
-    });
+    run_chunks<proj>(*this, true);
   }
 
   // Every step for the rows [b0, b1).
@@ -207,14 +217,7 @@ struct Bwd {
 
   template <bool proj>
   void run() const {
-    FlushDenormals flush;
-    const int64_t G = 4 * H;
-    const OneBlasThread one_blas_thread(!split_step_gemm(B, G, R, sizeof(scalar_t)));
-    const StepWeight<scalar_t> recurrent(w_hh, false, B, R, G);           // d_pre W_hh
-    const StepWeight<scalar_t> projection(w_hr, false, proj ? B : 0, H, R);  // dh_t W_hr
-    for_batch_chunks(len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
-      steps<proj>(recurrent, projection, b0, b1);
-    });
+    run_chunks<proj>(*this, false);
   }
 
   // Every step, backwards, for the rows [b0, b1).
