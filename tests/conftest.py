@@ -17,3 +17,14 @@ def backend(request):
         why = rnnkernels.backends.why_not(request.param, "indrnn", torch.empty(0))
         pytest.skip(f"backend {request.param!r} is not available here: {why}")
     return request.param
+
+
+@pytest.fixture(params=["streaming", "on chip"])
+def triton_weights(request, monkeypatch):
+    """A Triton kernel test twice: the recurrent weights streamed every step, and each program's
+    slice of them kept on chip (triton_common.WEIGHTS_ON_CHIP; it applies where every program
+    gets one hidden tile: in the interpreter, H up to ON_CHIP_BLOCK_H)."""
+    from rnnkernels.ops import triton_common
+
+    monkeypatch.setattr(triton_common, "WEIGHTS_ON_CHIP", request.param == "on chip")
+    return request.param

@@ -1,7 +1,8 @@
 """The Triton backend on a CUDA GPU: LSTM and GRU modules against cuDNN's nn.LSTM / nn.GRU over
 the flag grid of test_parity.py (fp32 with TF32 off on both sides; fp16 / bf16 against cuDNN in
 fp32), IndRNN against the oracle, and an LSTM layer of sizes that cross many tiles and batch
-programs. Every test is marked gpu: skipped without CUDA."""
+programs; the module and layer tests also with the weights kept on chip. Every test is marked
+gpu: skipped without CUDA."""
 
 import itertools
 
@@ -81,6 +82,7 @@ def check_against_cudnn(module, x, hx):
         assert excess.max() <= 0, f"{name} is {excess.max():.3g} beyond cuDNN's own error + bar"
 
 
+@pytest.mark.usefixtures("triton_weights")
 @pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0)])
 @pytest.mark.parametrize("bias,batch_first,bidirectional,num_layers,layout,with_hx", GRID)
 def test_matches_cudnn(cell, proj_size, bias, batch_first, bidirectional, num_layers, layout,
@@ -92,6 +94,7 @@ def test_matches_cudnn(cell, proj_size, bias, batch_first, bidirectional, num_la
     check_against_cudnn(m, x, hx)
 
 
+@pytest.mark.usefixtures("triton_weights")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0)])
 @pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
@@ -179,3 +182,54 @@ def test_split_programs_match_one_program_bitwise(cell, P, reverse, monkeypatch)
     one = run(module, args)
     for k, (a, b) in enumerate(zip(split, one)):
         assert torch.equal(a, b), f"tensor {k}: {(a - b).abs().max()}"
+
+
+class Recorder:
+    """Wraps a @triton.jit kernel: records each launch's STATIONARY, then launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.stationary = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.stationary.append(kwargs["STATIONARY"])
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,P", [("lstm", 0), ("lstm", 48), ("gru", 0)])
+def test_weights_on_chip_match_streaming(cell, P, reverse, dtype, monkeypatch):
+    """T=40, B=70 (five batch tiles), H=100 (seven hidden tiles of 16, a program each), mixed
+    lengths: the kernels that keep each program's weight slices on chip (forward and backward
+    both chosen, checked) against the streaming kernels, within the dtype's bar. The budgets
+    are lifted: fp32 here has TF32 off, whose slices of H=100 spill registers, which is slow
+    but must still be right."""
+    import test_triton_gru
+    import test_triton_lstm
+
+    from rnnkernels.ops import triton_common
+    from rnnkernels.ops.gru import triton as gru_kernels
+    from rnnkernels.ops.lstm import triton as lstm_kernels
+
+    T, B, H = 40, 70, 100
+    if cell == "lstm":
+        args = test_triton_lstm.layer_args(T, B, H, P, "mixed", reverse, dtype)
+        module, run = lstm_kernels, test_triton_lstm.run_layer
+    else:
+        args = test_triton_gru.layer_args(T, B, H, test_triton_gru.lengths_of(T, B), reverse, dtype)
+        module, run = gru_kernels, test_triton_gru.run_layer
+    streaming = run(module, args)
+    recorders = {}
+    for name in [n for n in dir(module) if n.endswith("_kernel")]:
+        recorders[name] = Recorder(getattr(module, name))
+        monkeypatch.setattr(module, name, recorders[name])
+    monkeypatch.setattr(triton_common, "WEIGHTS_ON_CHIP", True)
+    monkeypatch.setattr(triton_common, "ON_CHIP_BYTES", 2**40)
+    monkeypatch.setattr(triton_common, "ON_CHIP_FMA_ELEMENTS", 2**40)
+    on_chip = run(module, args)
+    assert all(r.stationary == [True] for r in recorders.values()), recorders
+    for k, (a, b) in enumerate(zip(on_chip, streaming)):
+        assert_close(a, b, f"tensor {k}")

@@ -10,6 +10,7 @@ from rnnkernels.ops.gru import naive
 from rnnkernels.testing import TOLERANCES, assert_close, needs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_weights")  # streamed, and on chip
 # A low-precision run against fp32 on the same rounded inputs, within TOLERANCES[dtype];
 # bf16 is wrong in the interpreter, so GPU only.
 LOW_PRECISION = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]

@@ -10,6 +10,7 @@ from rnnkernels.ops.lstm import naive
 from rnnkernels.testing import assert_close, needs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("triton_weights")  # streamed, and on chip
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """The split of a batch tile's hidden tiles across programs (triton_common.split_programs): the
 policy, and that the LSTM and GRU launchers pass it on (grid, SPLIT, cooperative launch, zeroed
-arrival counters). The split itself runs only on a GPU (tests/test_triton_gpu.py): the
-interpreter runs programs one after another, so a barrier across them would never open."""
+arrival counters); and when the launchers keep the weights on chip (triton_common.launch_split).
+The split itself runs only on a GPU (tests/test_triton_gpu.py): the interpreter runs programs
+one after another, so a barrier across them would never open."""
 
 from types import SimpleNamespace
 
@@ -56,6 +57,22 @@ def test_a_split_launch_is_cooperative(common):
     assert common.cooperative(8) == {"launch_cooperative_grid": True}
 
 
+def run_launchers(cell, kernels, B, H, P=0):
+    """The forward then the backward launcher of ``cell`` at T=3 on CPU tensors."""
+    T = 3
+    g = torch.Generator().manual_seed(0)
+    gates, R = (4, P or H) if cell == "lstm" else (3, H)
+    gx, w_hh = torch.randn(T, B, gates * H, generator=g), torch.randn(gates * H, R, generator=g)
+    h0, c0 = torch.randn(B, R, generator=g), torch.randn(B, H, generator=g)
+    w_hr = torch.randn(P, H, generator=g) if P else None
+    if cell == "lstm":
+        y, hT, cT, saved_gates, cells = kernels.lstm_fwd(gx, w_hh, w_hr, h0, c0, None, False)
+        kernels.lstm_bwd(y, hT, cT, w_hh, w_hr, h0, c0, None, False, y, saved_gates, cells)
+    else:
+        y, hT, saved_gates, hn = kernels.gru_fwd(gx, w_hh, None, h0, None, False)
+        kernels.gru_bwd(y, hT, w_hh, None, h0, None, False, y, saved_gates, hn)
+
+
 class Capture:
     """Stands in for a @triton.jit kernel: records kernel[grid](*args, **kwargs)."""
 
@@ -83,20 +100,81 @@ def test_launchers_pass_the_split_on(common, cell, monkeypatch):
     for name, capture in captures.items():
         monkeypatch.setattr(kernels, name, capture)
     monkeypatch.setattr(common, "split_programs", lambda device, nb, tiles, phases: 8)
-    T, B, H = 3, 40, 64
-    g = torch.Generator().manual_seed(0)
-    gates = 4 if cell == "lstm" else 3
-    gx, w_hh = torch.randn(T, B, gates * H, generator=g), torch.randn(gates * H, H, generator=g)
-    h0 = torch.randn(B, H, generator=g)
-    if cell == "lstm":
-        y, hT, cT, saved_gates, cells = kernels.lstm_fwd(gx, w_hh, None, h0, h0, None, False)
-        kernels.lstm_bwd(y, hT, cT, w_hh, None, h0, h0, None, False, y, saved_gates, cells)
-    else:
-        y, hT, saved_gates, hn = kernels.gru_fwd(gx, w_hh, None, h0, None, False)
-        kernels.gru_bwd(y, hT, w_hh, None, h0, None, False, y, saved_gates, hn)
+    run_launchers(cell, kernels, 40, 64)
     for name, capture in captures.items():
         [(grid, args, kwargs)] = capture.launches
         assert grid == (3, 8), name
         assert kwargs["SPLIT"] == 8 and kwargs["launch_cooperative_grid"] is True, name
         counters = [a for a in args if torch.is_tensor(a) and a.dtype == torch.int32]
         assert len(counters) == 1 and torch.equal(counters[0], torch.zeros(3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize(
+    "cell,B,H,P,on,budget,expected",
+    [
+        ("lstm", 40, 64, 0, True, 2**20, (True, (3, 4), 64, 256)),  # 4 tiles of 16, 3 * 4 <= 132
+        ("lstm", 40, 64, 32, True, 2**20, (True, (3, 4), 32, 256)),  # W_hh's K: P fwd, 4H bwd
+        ("gru", 40, 64, 0, True, 2**20, (True, (3, 4), 64, 256)),  # backward K: 3H -> 256
+        ("lstm", 40, 64, 0, False, 2**20, (False,)),  # WEIGHTS_ON_CHIP off
+        ("gru", 40, 64, 0, True, 8 * 1024, (False,)),  # fwd slices 3 * 64 * 16 * 4 B > 8 KiB
+        ("lstm", 40, 1024, 0, True, 2**40, (False,)),  # 64 tiles > 132 SMs // 3 batch tiles
+    ],
+)
+def test_weights_on_chip_when_every_program_has_one_tile_and_its_slices_fit(
+    common, monkeypatch, cell, B, H, P, on, budget, expected
+):
+    """On a 132-SM GPU (split_programs as there), with hidden tiles of 16 on chip: the launchers
+    choose STATIONARY, a program per tile and k-blocks that cover each dot's K (forward,
+    backward), or else the streaming kernels with their own blocks."""
+    if cell == "lstm":
+        from rnnkernels.ops.lstm import triton as kernels
+    else:
+        from rnnkernels.ops.gru import triton as kernels
+    names = [n for n in dir(kernels) if n.endswith("_kernel")]
+    captures = {name: Capture() for name in names}
+    for name, capture in captures.items():
+        monkeypatch.setattr(kernels, name, capture)
+    monkeypatch.setattr(kernels, "ON_CHIP_BLOCK_H", 16)
+    if cell == "lstm":
+        monkeypatch.setattr(kernels, "MAX_BLOCK_B", 16)  # the GPU's batch tiles
+    monkeypatch.setattr(common, "WEIGHTS_ON_CHIP", on)
+    monkeypatch.setattr(common, "ON_CHIP_BYTES", budget)
+    monkeypatch.setattr(
+        common, "split_programs", lambda device, nb, tiles, phases: max(1, min(tiles, 132 // nb))
+    )
+    run_launchers(cell, kernels, B, H, P)
+    [(fwd_grid, _, fwd)] = captures[names[1]].launches  # sorted: _<cell>_bwd, _<cell>_fwd
+    [(bwd_grid, _, bwd)] = captures[names[0]].launches
+    assert (fwd["STATIONARY"], bwd["STATIONARY"]) == (expected[0], expected[0])
+    if expected[0]:
+        grid, fwd_k, bwd_k = expected[1:]
+        assert fwd_grid == bwd_grid == grid and fwd["BLOCK_H"] == bwd["BLOCK_H"] == 16
+        assert fwd["BLOCK_K"] == fwd_k and bwd["BLOCK_K"] == bwd_k
+        if P:  # the W_hr dots: K is H forward, P backward
+            assert fwd["BLOCK_KP"] == H and bwd["BLOCK_KP"] == P
+    else:
+        assert fwd["BLOCK_H"] == kernels.MAX_BLOCK_H or fwd["BLOCK_H"] >= H
+
+
+def test_slices_fit_by_bytes_on_tensor_cores_and_by_elements_on_fma_units(common, monkeypatch):
+    monkeypatch.setattr(common, "ON_CHIP_BYTES", 64 * 1024)
+    monkeypatch.setattr(common, "ON_CHIP_FMA_ELEMENTS", 4096)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert common.slices_fit(32768, dtype) and not common.slices_fit(32769, dtype)
+    with torch.backends.cudnn.flags(allow_tf32=True):  # fp32 dots in tf32, on tensor cores
+        assert common.slices_fit(16384, torch.float32)
+        assert not common.slices_fit(16385, torch.float32)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        assert common.slices_fit(4096, torch.float32) and not common.slices_fit(4097, torch.float32)
+    assert common.slices_fit(4096, torch.float64) and not common.slices_fit(4097, torch.float64)
+
+
+def test_weights_on_chip_from_the_environment():
+    """RNNKERNELS_WEIGHTS_ON_CHIP=1 at import turns it on (a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    check = "from rnnkernels.ops import triton_common as c; assert c.WEIGHTS_ON_CHIP is True"
+    env = dict(os.environ, RNNKERNELS_WEIGHTS_ON_CHIP="1")
+    subprocess.run([sys.executable, "-c", check], env=env, check=True)

@@ -1,14 +1,17 @@
 """What every Triton kernel of the package shares: activations that also run in Triton's
-interpreter, the precision of fp32 dots, and the split of a batch tile's hidden tiles across
-programs with a barrier between the phases of a step."""
+interpreter, the precision of fp32 dots, tile loads, the split of a batch tile's hidden tiles
+across programs with a barrier between the phases of a step, and the choice between streaming
+the recurrent weights every step and keeping each program's slice of them on chip."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from rnnkernels.backends import BackendError
+from rnnkernels.backends import BackendError, triton_interpreted
 
 
 @triton.jit
@@ -33,6 +36,22 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """What kernels accumulate and compute pointwise math in for inputs of ``dtype``: fp64 for
     fp64, fp32 for everything else (fp16, bf16, fp32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@triton.jit
+def load_rows(a, a_rows, row_mask, K, BLOCK_K: tl.constexpr):
+    """The [BB, BLOCK_K] tile a[r, k] at ``a + a_rows[r] + k`` ([BB, 1] int64 offsets), zero
+    for k >= K and for masked rows."""
+    ks = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]  # [1, BK]
+    return tl.load(a + a_rows + ks, mask=row_mask & (ks < K), other=0)
+
+
+@triton.jit
+def load_weights(w, w_cols, col_mask, k_stride, K, BLOCK_K: tl.constexpr):
+    """The [BLOCK_K, BN] tile w[k, n] at ``w + k * k_stride + w_cols[n]`` ([1, BN] int64
+    offsets), zero for k >= K and for masked columns."""
+    ks = tl.arange(0, BLOCK_K).to(tl.int64)[:, None]  # [BK, 1]
+    return tl.load(w + ks * k_stride + w_cols, mask=(ks < K) & col_mask, other=0)
 
 
 @triton.jit
@@ -76,18 +95,56 @@ def cooperative(split: int) -> dict:
     return {"launch_cooperative_grid": True} if split > 1 else {}
 
 
-def launch_split(kernel, tensors: list, sizes: tuple, batch_programs: int, tiles: int,
-                 phases: int, **constexprs) -> None:  # fmt: skip
-    """Launches ``kernel`` on a (batch_programs, split) grid, split from ``split_programs`` for
-    ``tiles`` hidden tiles and ``phases`` barriers per step: its arguments are ``tensors`` (the
-    first sets dtype and device), the batch tiles' arrival counters (int32 zeros), then ``sizes``
-    (T first); its constexprs ``constexprs``, PRECISION and SPLIT."""
-    x = tensors[0]
-    split = split_programs(x.device, batch_programs, tiles, sizes[0] * phases)
+# Weights on chip (ops/lstm/README.md, "Weights on chip"). With WEIGHTS_ON_CHIP, a launch whose
+# hidden tiles of ON_CHIP_BLOCK_H units all get a program of their own (the split), and whose
+# weight slices per program fit (slices_fit), loads each program's slices once, before the time
+# loop (STATIONARY), into shared memory, instead of streaming them from L2 every step. Off unless
+# RNNKERNELS_WEIGHTS_ON_CHIP=1 is set at import (or this is set), until it is measured faster on
+# a GPU: it has run in the interpreter and been compiled for sm_90 (tools/triton_sm90.py), not
+# timed. The budgets are the largest slices whose kernels compiled without spilling registers
+# at NUM_WARPS = 4; the interpreter has no such limit.
+WEIGHTS_ON_CHIP = os.environ.get("RNNKERNELS_WEIGHTS_ON_CHIP", "0") == "1"
+ON_CHIP_BLOCK_H = 128 if triton_interpreted() else 16
+ON_CHIP_BYTES = 2**40 if triton_interpreted() else 64 * 1024  # tensor-core dots
+ON_CHIP_FMA_ELEMENTS = 2**40 if triton_interpreted() else 4096  # FMA dots: operands in registers
+
+
+def slices_fit(elements: int, dtype: torch.dtype) -> bool:
+    """Whether weight slices of ``elements`` per program in ``dtype`` fit on chip: ON_CHIP_BYTES
+    for dots on tensor cores (fp16, bf16, fp32 as tf32), ON_CHIP_FMA_ELEMENTS for dots on FMA
+    units (fp32 with TF32 off, fp64), which hold a whole tile's operands in registers."""
+    if dtype in (torch.float16, torch.bfloat16) or input_precision(dtype) == "tf32":
+        return elements * dtype.itemsize <= ON_CHIP_BYTES
+    return elements <= ON_CHIP_FMA_ELEMENTS
+
+
+def launch_split(
+    kernel, tensors: list, sizes: tuple, batch_programs: int, phases: int, streaming: dict,
+    on_chip: dict, slice_elements: int, **constexprs,
+) -> None:  # fmt: skip
+    """Launches ``kernel`` on a (batch_programs, split) grid with ``phases`` barriers per step:
+    its arguments are ``tensors`` (the first sets dtype and device), the batch tiles' arrival
+    counters (int32 zeros), then ``sizes`` (T first, H third); its constexprs ``constexprs``,
+    PRECISION, SPLIT, STATIONARY and the blocks: ``on_chip`` (BLOCK_H = ON_CHIP_BLOCK_H or less,
+    BLOCK_K... covering every dot's K) when the weights stay on chip (above; ``slice_elements``
+    per program), else ``streaming``. ``split_programs`` sets the split for the hidden tiles of
+    the chosen BLOCK_H."""
+    x, H = tensors[0], sizes[2]
+
+    def split_for(blocks: dict) -> tuple[int, int]:
+        tiles = triton.cdiv(H, blocks["BLOCK_H"])
+        return tiles, split_programs(x.device, batch_programs, tiles, sizes[0] * phases)
+
+    tiles, split = split_for(on_chip)
+    fits = slices_fit(slice_elements, x.dtype)
+    stationary = WEIGHTS_ON_CHIP and fits and split == tiles  # one hidden tile per program
+    if not stationary:
+        tiles, split = split_for(streaming)
     arrivals = torch.zeros(batch_programs, dtype=torch.int32, device=x.device)
     kernel[(batch_programs, split)](
-        *tensors, arrivals, *sizes,
-        PRECISION=input_precision(x.dtype), SPLIT=split, **constexprs, **cooperative(split),
+        *tensors, arrivals, *sizes, PRECISION=input_precision(x.dtype), SPLIT=split,
+        STATIONARY=stationary, **(on_chip if stationary else streaming), **constexprs,
+        **cooperative(split),
     )  # fmt: skip
 
 

@@ -4,7 +4,9 @@ Same signatures and returns as naive.py. The grid is (batch tiles of BLOCK_B row
 per batch tile); the SPLIT programs of a batch tile run the whole time loop together, each on its
 own hidden tiles (j = part * BLOCK_H, then every SPLIT * BLOCK_H), with ``step_barrier`` ending
 each phase whose results the others read. W_hh is streamed from global memory (L2) every step, so
-no hidden size is too large for the chip. Design and limits: README.md here.
+no hidden size is too large for the chip; or, with STATIONARY, each program has one hidden tile
+and loads its slice of W_hh once, before the time loop (triton_common.launch_split decides).
+Design and limits: README.md here.
 """
 
 from __future__ import annotations
@@ -16,13 +18,73 @@ from torch import Tensor
 
 from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
+    ON_CHIP_BLOCK_H,
     accumulator_dtype,
     check_index_range,
     launch_split,
+    load_rows,
+    load_weights,
     sigmoid,
     step_barrier,
     tanh,
 )
+
+
+@triton.jit
+def _gate_dots(
+    acc_r,  # [BB, BH] each
+    acc_z,
+    acc_n,
+    h_read,  # [B, H] accumulator dtype: h_{t-1}
+    k_offs,  # [BB, BK] offsets of a k-step of the rows in h_read
+    row_in,  # [BB, 1]
+    w_tile,  # W_hh^T[k, n] of gate r at w_tile + w_offs[k, n]: the tile's first column
+    w_offs,  # [BK, BH]
+    cols_in,  # [BH]
+    H,
+    PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """acc + h_{t-1} @ W_hh^T on one hidden tile of each gate r, z, n, streaming W_hh in k-steps
+    of BLOCK_K."""
+    k_span = tl.arange(0, BLOCK_K)
+    for k in range(0, H, BLOCK_K):
+        k_in = k_span < H - k  # [BK]
+        h_k = tl.load(h_read + k + k_offs, mask=row_in & k_in[None, :], other=0)
+        h_k = h_k.to(w_tile.dtype.element_ty)  # [BB, BK]
+        w_ptrs = w_tile + k + w_offs  # [BK, BH] tile of W_hh^T
+        w_in = k_in[:, None] & cols_in[None, :]
+        w_r = tl.load(w_ptrs, mask=w_in, other=0)
+        acc_r = tl.dot(h_k, w_r, acc_r, input_precision=PRECISION, out_dtype=acc_r.dtype)
+        w_z = tl.load(w_ptrs + H * H, mask=w_in, other=0)
+        acc_z = tl.dot(h_k, w_z, acc_z, input_precision=PRECISION, out_dtype=acc_z.dtype)
+        w_n = tl.load(w_ptrs + 2 * H * H, mask=w_in, other=0)
+        acc_n = tl.dot(h_k, w_n, acc_n, input_precision=PRECISION, out_dtype=acc_n.dtype)
+    return acc_r, acc_z, acc_n
+
+
+@triton.jit
+def _dh_dot(
+    acc,  # [BB, BH]
+    d_gh_t,  # [B, 3H]
+    k_gate_offs,  # [BB, BK] offsets of a k-step of the rows in d_gh_t
+    row_in,  # [BB, 1]
+    w_tile,  # W_hh[k, n] at w_tile + w_offs[k, n]: the tile's first column
+    w_offs,  # [BK, BH]
+    cols_in,  # [1, BH]
+    H,
+    PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """acc + d_gh_t @ W_hh on one hidden tile, a k-loop over all 3H gate columns."""
+    k_span = tl.arange(0, BLOCK_K)
+    for k in range(0, 3 * H, BLOCK_K):
+        k_in = k_span < 3 * H - k  # [BK]
+        d_gh = tl.load(d_gh_t + k + k_gate_offs, mask=row_in & k_in[None, :], other=0)
+        w = tl.load(w_tile + k * H + w_offs, mask=k_in[:, None] & cols_in, other=0)
+        # [BB, BK] x [BK, BH]; out_dtype: triton 3.6 otherwise takes fp32 for fp64 inputs
+        acc = tl.dot(d_gh, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
 
 
 @triton.jit
@@ -43,9 +105,10 @@ def _gru_fwd_kernel(
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
+    STATIONARY: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # k-step of the W_hh dot (all of K when STATIONARY)
 ):
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
     acc_dtype = state_ptr.dtype.element_ty  # accumulation and pointwise math
@@ -53,6 +116,8 @@ def _gru_fwd_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
     arrivals_ptr += tl.program_id(0)
+    # With STATIONARY a program has one tile: no prefetch of a next one (2x the row buffers).
+    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None
     arrivals = 0
     row_in = (rows < B)[:, None]  # [BB, 1]
     length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
@@ -63,6 +128,11 @@ def _gru_fwd_kernel(
     gate_offs = rows[:, None] * 3 * H + span[None, :]  # [BB, BH] into [B, 3H]
     w_offs = span[None, :] * H + k_span[:, None]  # [BK, BH] into [3H, H], transposed
     plane = B * H  # elements of one step of [T, B, H]
+    if STATIONARY:  # this program's one hidden tile: its columns of W_hh^T per gate, once
+        cols = (first + span)[None, :]  # [1, BH]
+        slice_r = load_weights(w_hh_ptr, cols * H, cols < H, 1, H, BLOCK_K)  # [BK, BH]
+        slice_z = load_weights(w_hh_ptr + H * H, cols * H, cols < H, 1, H, BLOCK_K)
+        slice_n = load_weights(w_hh_ptr + 2 * H * H, cols * H, cols < H, 1, H, BLOCK_K)
     for s in range(T):
         t = T - 1 - s if REVERSE else s
         keep = (t < length)[:, None]  # [BB, 1]
@@ -73,7 +143,7 @@ def _gru_fwd_kernel(
         gates_t = gates_ptr + 3 * t_plane
         y_t = y_ptr + t_plane
         hn_t = hn_ptr + t_plane
-        for j in range(first, H, SPLIT * BLOCK_H):
+        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
             cols_in = span < H - j  # [BH]
             tile = row_in & cols_in[None, :]  # [BB, BH]
             # The loads that do not wait for the dots first: their latency overlaps the k-loop.
@@ -86,18 +156,23 @@ def _gru_fwd_kernel(
             acc_r = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             acc_z = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             acc_n = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
-            for k in range(0, H, BLOCK_K):
-                k_in = k_span < H - k  # [BK]
-                h_k = tl.load(h_read + k + k_offs, mask=row_in & k_in[None, :], other=0)
-                h_k = h_k.to(w_hh_ptr.dtype.element_ty)  # [BB, BK]
-                w_ptrs = w_hh_ptr + j * H + k + w_offs  # [BK, BH] tile of W_hr^T
-                w_in = k_in[:, None] & cols_in[None, :]
-                w_r = tl.load(w_ptrs, mask=w_in, other=0)
-                acc_r = tl.dot(h_k, w_r, acc_r, input_precision=PRECISION, out_dtype=acc_r.dtype)
-                w_z = tl.load(w_ptrs + H * H, mask=w_in, other=0)
-                acc_z = tl.dot(h_k, w_z, acc_z, input_precision=PRECISION, out_dtype=acc_z.dtype)
-                w_n = tl.load(w_ptrs + 2 * H * H, mask=w_in, other=0)
-                acc_n = tl.dot(h_k, w_n, acc_n, input_precision=PRECISION, out_dtype=acc_n.dtype)
+            if STATIONARY:
+                h_all = load_rows(h_read, rows[:, None] * H, row_in, H, BLOCK_K)  # [BB, BK]
+                h_all = h_all.to(w_hh_ptr.dtype.element_ty)
+                acc_r = tl.dot(
+                    h_all, slice_r, acc_r, input_precision=PRECISION, out_dtype=acc_dtype
+                )
+                acc_z = tl.dot(
+                    h_all, slice_z, acc_z, input_precision=PRECISION, out_dtype=acc_dtype
+                )
+                acc_n = tl.dot(
+                    h_all, slice_n, acc_n, input_precision=PRECISION, out_dtype=acc_dtype
+                )
+            else:
+                acc_r, acc_z, acc_n = _gate_dots(
+                    acc_r, acc_z, acc_n, h_read, k_offs, row_in, w_hh_ptr + j * H, w_offs,
+                    cols_in, H, PRECISION, BLOCK_K,
+                )  # fmt: skip
             if HAS_BIAS:
                 b_ptrs = b_hh_ptr + j + span
                 acc_r += tl.load(b_ptrs, mask=cols_in, other=0).to(acc_dtype)[None, :]
@@ -137,9 +212,10 @@ def _gru_bwd_kernel(
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
+    STATIONARY: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # k-step of the W_hh dot (all of K when STATIONARY)
 ):
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
     acc_dtype = dh_ptr.dtype.element_ty  # accumulation and pointwise math
@@ -147,6 +223,8 @@ def _gru_bwd_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
     arrivals_ptr += tl.program_id(0)
+    # With STATIONARY a program has one tile: no prefetch of a next one (2x the row buffers).
+    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None
     arrivals = 0
     row_in = (rows < B)[:, None]  # [BB, 1]
     length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
@@ -157,6 +235,9 @@ def _gru_bwd_kernel(
     k_gate_offs = rows[:, None] * 3 * H + k_span[None, :]  # [BB, BK] into [B, 3H]
     w_offs = k_span[:, None] * H + span[None, :]  # [BK, BH] into [3H, H]
     plane = B * H  # elements of one step of [T, B, H]
+    if STATIONARY:  # this program's one hidden tile: its columns of W_hh (all 3H rows), once
+        cols = (first + span)[None, :]  # [1, BH]
+        slice_all = load_weights(w_hh_ptr, cols, cols < H, H, 3 * H, BLOCK_K)  # [BK, BH]
     for s in range(T):
         t = s if REVERSE else T - 1 - s  # the forward's visiting order, backwards
         keep = (t < length)[:, None]  # [BB, 1]
@@ -170,7 +251,7 @@ def _gru_bwd_kernel(
         d_gx_t = d_gx_ptr + 3 * t_plane
         d_gh_t = d_gh_ptr + 3 * t_plane
         # Gate gradients; dh holds dh_t * z (the part not through W_hh) afterwards.
-        for j in range(first, H, SPLIT * BLOCK_H):
+        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
             tile = row_in & (span < H - j)[None, :]  # [BB, BH]
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
             dh_t = dh + tl.load(grad_y_t + j + offs, mask=tile, other=0).to(acc_dtype)
@@ -199,17 +280,17 @@ def _gru_bwd_kernel(
         arrivals += SPLIT
         step_barrier(arrivals_ptr, arrivals, SPLIT)  # all of d_gh_t written: the dot reads it
         # dh_{t-1} = dh_t * z + d_gh_t W_hh, a k-loop over all 3H gate columns.
-        for j in range(first, H, SPLIT * BLOCK_H):
+        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
             cols_in = (span < H - j)[None, :]  # [1, BH]
             tile = row_in & cols_in
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)  # overlaps the k-loop
             acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
-            for k in range(0, 3 * H, BLOCK_K):
-                k_in = k_span < 3 * H - k  # [BK]
-                d_gh = tl.load(d_gh_t + k + k_gate_offs, mask=row_in & k_in[None, :], other=0)
-                w = tl.load(w_hh_ptr + k * H + j + w_offs, mask=k_in[:, None] & cols_in, other=0)
-                # [BB, BK] x [BK, BH]; out_dtype: triton 3.6 otherwise takes fp32 for fp64 inputs
-                acc = tl.dot(d_gh, w, acc, input_precision=PRECISION, out_dtype=acc_dtype)
+            if STATIONARY:
+                d_gh = load_rows(d_gh_t, rows[:, None] * 3 * H, row_in, 3 * H, BLOCK_K)
+                acc = tl.dot(d_gh, slice_all, acc, input_precision=PRECISION, out_dtype=acc_dtype)
+            else:
+                acc = _dh_dot(acc, d_gh_t, k_gate_offs, row_in, w_hh_ptr + j, w_offs, cols_in, H,
+                              PRECISION, BLOCK_K)  # fmt: skip
             tl.store(dh_ptr + j + offs, tl.where(keep, dh + acc, dh), mask=tile)
         # Step t - 1 reads only this program's own tiles of dh: no wait for the others.
         tl.debug_barrier()
@@ -232,13 +313,17 @@ def _blocks(H: int, dtype: torch.dtype) -> dict[str, int]:
     return {"BLOCK_H": min(MAX_BLOCK_H, fit), "BLOCK_K": min(block_k, fit)}
 
 
-def _launch(kernel, tensors: list, T: int, B: int, H: int, **constexprs) -> None:
+def _launch(kernel, tensors: list, T: int, B: int, H: int, K: int, **constexprs) -> None:
     """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) over cdiv(B, BLOCK_B)
-    batch tiles, each shared by the programs ``launch_split`` decides on; one barrier per step."""
-    blocks = _blocks(H, tensors[0].dtype)
-    launch_split(kernel, tensors, (T, B, H), triton.cdiv(B, BLOCK_B),
-                 triton.cdiv(H, blocks["BLOCK_H"]), 1, BLOCK_B=BLOCK_B, **blocks, **constexprs,
-                 num_warps=NUM_WARPS)  # fmt: skip
+    batch tiles, each shared by the programs ``launch_split`` decides on; one barrier per step.
+    The W_hh dot runs over ``K`` (H forward, 3H backward); with the weights on chip one k-block
+    covers it, and the slice per program is that block by BLOCK_H for each of the dot's gates."""
+    block_h = max(16, min(ON_CHIP_BLOCK_H, triton.next_power_of_2(H)))
+    on_chip = dict(BLOCK_B=BLOCK_B, BLOCK_H=block_h, BLOCK_K=max(16, triton.next_power_of_2(K)))
+    slice_elements = on_chip["BLOCK_H"] * on_chip["BLOCK_K"] * (3 if K == H else 1)
+    launch_split(kernel, tensors, (T, B, H), triton.cdiv(B, BLOCK_B), 1,
+                 dict(BLOCK_B=BLOCK_B, **_blocks(H, tensors[0].dtype)), on_chip, slice_elements,
+                 **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
 
 def _check_sizes(B: int, H: int) -> None:
@@ -268,7 +353,7 @@ def gru_fwd(
     b_hh_or_unused = b_hh.contiguous() if b_hh is not None else gx
     tensors = [gx, w_hh, b_hh_or_unused, full_lengths(lengths, T, B, gx.device), state, y, gates,
                hn]  # fmt: skip
-    _launch(_gru_fwd_kernel, tensors, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse)
+    _launch(_gru_fwd_kernel, tensors, T, B, H, H, HAS_BIAS=b_hh is not None, REVERSE=reverse)
     return y, state[T % 2].to(gx.dtype, copy=True), gates, hn
 
 
@@ -293,7 +378,7 @@ def gru_bwd(
     tensors = [grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
                full_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
                hn.contiguous(), dh, d_gx, d_gh]  # fmt: skip
-    _launch(_gru_bwd_kernel, tensors, T, B, H, REVERSE=reverse)
+    _launch(_gru_bwd_kernel, tensors, T, B, H, 3 * H, REVERSE=reverse)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None

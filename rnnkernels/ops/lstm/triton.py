@@ -5,8 +5,10 @@ The grid is (batch tiles of BLOCK_B rows, SPLIT programs per batch tile). The SP
 batch tile run every step together, each on its own hidden tiles (j = part * BLOCK_H, then every
 SPLIT * BLOCK_H), so each streams only its slice of the weights. The recurrent state lives in
 global scratch, double-buffered by step parity; ``step_barrier`` (triton_common) ends each phase
-of a step whose results other programs read. Offsets into [T, B, ...] tensors are int64; weight
-offsets are int32 (check_index_range).
+of a step whose results other programs read. With STATIONARY each program has one hidden tile
+and loads its slices of the weights once, before the time loop, rather than every step
+(triton_common.launch_split decides). Offsets into [T, B, ...] tensors are int64; weight offsets
+are int32 (check_index_range).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from torch import Tensor
 from rnnkernels.backends import triton_interpreted
 from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
+    ON_CHIP_BLOCK_H,
     accumulator_dtype,
     check_index_range,
     launch_split,
+    load_rows,
+    load_weights,
     sigmoid,
     step_barrier,
     tanh,
@@ -51,7 +56,7 @@ def _dot_tile(
     PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """acc + a[rows, :K] @ b[:K, cols]."""
+    """acc + a[rows, :K] @ b[:K, cols], streaming b in k-steps of BLOCK_K."""
     for k in range(0, K, BLOCK_K):
         ks = tl.arange(0, BLOCK_K).to(tl.int64) + k  # [BK]
         k_in = ks < K
@@ -65,9 +70,10 @@ def _dot_tile(
 
 @triton.jit
 def _gate_preacts(
-    gx_t,  # [B, 4H] at step t
-    tile,  # [BB, BH] offsets of gate i's tile in gx_t
-    mask,  # [BB, BH]
+    acc_i,  # [BB, BH] each: gx_t of gate i, f, g, o
+    acc_f,
+    acc_g,
+    acc_o,
     h_prev,  # [B, R]
     h_rows,  # [BB, 1] int64 offsets of the rows in h_prev
     row_mask,  # [BB, 1]
@@ -76,15 +82,10 @@ def _gate_preacts(
     col_mask,  # [1, BH]
     H,
     R,
-    ACC: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """gx_t + h_prev @ W_hh^T on one tile of each gate i, f, g, o: four [BB, BH]."""
-    acc_i = tl.load(gx_t + tile, mask=mask, other=0).to(ACC)
-    acc_f = tl.load(gx_t + tile + H, mask=mask, other=0).to(ACC)
-    acc_g = tl.load(gx_t + tile + 2 * H, mask=mask, other=0).to(ACC)
-    acc_o = tl.load(gx_t + tile + 3 * H, mask=mask, other=0).to(ACC)
+    """acc + h_prev @ W_hh^T on one tile of each gate i, f, g, o, streaming W_hh in k-steps."""
     gate_stride = H * R  # int32: check_index_range bounds W_hh
     for k in range(0, R, BLOCK_K):
         ks = tl.arange(0, BLOCK_K).to(tl.int64) + k  # [BK]
@@ -124,20 +125,33 @@ def _lstm_fwd_kernel(
     PROJ: tl.constexpr,
     PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
+    STATIONARY: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # k-step of the W_hh dots (all of K when STATIONARY)
+    BLOCK_KP: tl.constexpr,  # k-step of the W_hr dots
 ):
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
     ACC = c_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
     arrivals_ptr += tl.program_id(0)
+    # With STATIONARY a program has one tile: no prefetch of a next one (2x the row buffers).
+    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None
     arrivals = 0
     length = tl.load(lengths + rows, mask=rows < B, other=0)  # [BB]
     row_mask = (rows < B)[:, None]  # [BB, 1]
     rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
     units = tl.arange(0, BLOCK_H).to(tl.int64)[None, :]  # [1, BH]
+    if STATIONARY:  # this program's one hidden tile: its columns of W_hh^T and W_hr^T, once
+        cols = units + first
+        gate_stride = H * R
+        slice_i = load_weights(w_hh, cols * R, cols < H, 1, R, BLOCK_K)  # [BK, BH]
+        slice_f = load_weights(w_hh + gate_stride, cols * R, cols < H, 1, R, BLOCK_K)
+        slice_g = load_weights(w_hh + 2 * gate_stride, cols * R, cols < H, 1, R, BLOCK_K)
+        slice_o = load_weights(w_hh + 3 * gate_stride, cols * R, cols < H, 1, R, BLOCK_K)
+        if PROJ:
+            slice_p = load_weights(w_hr, cols * H, cols < R, 1, H, BLOCK_KP)  # [BKP, BP]
     for s in range(T):
         t = tl.cast(T - 1 - s if REVERSE else s, tl.int64)
         valid = row_mask & (t < length)[:, None]  # [BB, 1]; state frozen elsewhere
@@ -146,7 +160,7 @@ def _lstm_fwd_kernel(
         c_prev, c_next = c_state + parity * B * H, c_state + (1 - parity) * B * H
         gx_t, gates_t = gx + t * B * 4 * H, gates + t * B * 4 * H
         cells_t, y_t = cells + t * B * H, y + t * B * R
-        for j in range(first, H, SPLIT * BLOCK_H):
+        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
             cols = units + j  # [1, BH]
             col_mask = cols < H
             mask = row_mask & col_mask
@@ -156,10 +170,21 @@ def _lstm_fwd_kernel(
             c_old = tl.load(c_prev + state, mask=mask, other=0)
             if not PROJ:
                 h_old = tl.load(h_prev + state, mask=mask, other=0)
-            acc_i, acc_f, acc_g, acc_o = _gate_preacts(
-                gx_t, tile, mask, h_prev, rows_r, row_mask, w_hh, cols * R, col_mask, H, R, ACC,
-                PRECISION, BLOCK_K,
-            )  # fmt: skip
+            acc_i = tl.load(gx_t + tile, mask=mask, other=0).to(ACC)
+            acc_f = tl.load(gx_t + tile + H, mask=mask, other=0).to(ACC)
+            acc_g = tl.load(gx_t + tile + 2 * H, mask=mask, other=0).to(ACC)
+            acc_o = tl.load(gx_t + tile + 3 * H, mask=mask, other=0).to(ACC)
+            if STATIONARY:
+                h = load_rows(h_prev, rows_r, row_mask, R, BLOCK_K)  # [BB, BK]
+                acc_i = tl.dot(h, slice_i, acc_i, input_precision=PRECISION, out_dtype=ACC)
+                acc_f = tl.dot(h, slice_f, acc_f, input_precision=PRECISION, out_dtype=ACC)
+                acc_g = tl.dot(h, slice_g, acc_g, input_precision=PRECISION, out_dtype=ACC)
+                acc_o = tl.dot(h, slice_o, acc_o, input_precision=PRECISION, out_dtype=ACC)
+            else:
+                acc_i, acc_f, acc_g, acc_o = _gate_preacts(
+                    acc_i, acc_f, acc_g, acc_o, h_prev, rows_r, row_mask, w_hh, cols * R,
+                    col_mask, H, R, PRECISION, BLOCK_K,
+                )  # fmt: skip
             i, f, g, o = sigmoid(acc_i), sigmoid(acc_f), tanh(acc_g), sigmoid(acc_o)  # [BB, BH]
             c = tl.where(valid, f * c_old + i * g, c_old)
             tl.store(c_next + state, c, mask=mask)
@@ -178,15 +203,20 @@ def _lstm_fwd_kernel(
         if PROJ:
             arrivals += SPLIT
             step_barrier(arrivals_ptr, arrivals, SPLIT)  # all of o * tanh(c) is in `hidden`
-            for n in range(first, R, SPLIT * BLOCK_H):
+            for n in tl.range(first, R, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
                 cols = units + n  # [1, BP]
                 col_mask = cols < R
                 mask = row_mask & col_mask
                 state = rows_r + cols
                 h_old = tl.load(h_prev + state, mask=mask, other=0)
                 h = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-                h = _dot_tile(h, hidden, rows_h, row_mask, w_hr, 1, cols * H, col_mask, H,
-                              PRECISION, BLOCK_K).to(y.dtype.element_ty)  # fmt: skip
+                if STATIONARY:
+                    hidden_rows = load_rows(hidden, rows_h, row_mask, H, BLOCK_KP)
+                    h = tl.dot(hidden_rows, slice_p, h, input_precision=PRECISION, out_dtype=ACC)
+                else:
+                    h = _dot_tile(h, hidden, rows_h, row_mask, w_hr, 1, cols * H, col_mask, H,
+                                  PRECISION, BLOCK_KP)  # fmt: skip
+                h = h.to(y.dtype.element_ty)
                 tl.store(h_next + state, tl.where(valid, h, h_old), mask=mask)
                 tl.store(y_t + state, tl.where(valid, h, 0), mask=mask)
         arrivals += SPLIT
@@ -215,20 +245,29 @@ def _lstm_bwd_kernel(
     PROJ: tl.constexpr,
     PRECISION: tl.constexpr,
     SPLIT: tl.constexpr,
+    STATIONARY: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # k-step of the W_hh dots (all of K when STATIONARY)
+    BLOCK_KP: tl.constexpr,  # k-step of the W_hr dots
 ):
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
     ACC = dh_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
     arrivals_ptr += tl.program_id(0)
+    # With STATIONARY a program has one tile: no prefetch of a next one (2x the row buffers).
+    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None
     arrivals = 0
     length = tl.load(lengths + rows, mask=rows < B, other=0)  # [BB]
     row_mask = (rows < B)[:, None]  # [BB, 1]
     rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
     units = tl.arange(0, BLOCK_H).to(tl.int64)[None, :]  # [1, BH]
+    if STATIONARY:  # this program's one tile: its columns of W_hh (all 4H rows) and of W_hr, once
+        cols = units + first
+        slice_h = load_weights(w_hh, cols, cols < R, R, 4 * H, BLOCK_K)  # [BK, BR]
+        if PROJ:
+            slice_p = load_weights(w_hr, cols, cols < H, H, R, BLOCK_KP)  # [BKP, BH]
     for s in range(T):
         t = tl.cast(s if REVERSE else T - 1 - s, tl.int64)  # the forward's last step comes first
         valid = row_mask & (t < length)[:, None]  # [BB, 1]
@@ -242,7 +281,7 @@ def _lstm_bwd_kernel(
         else:
             c_before = cells + (t + 1 if REVERSE else t - 1) * B * H
         if PROJ:
-            for n in range(first, R, SPLIT * BLOCK_H):
+            for n in tl.range(first, R, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
                 cols = units + n  # [1, BP]
                 mask = row_mask & (cols < R)
                 state = rows_r + cols
@@ -251,7 +290,7 @@ def _lstm_bwd_kernel(
                 tl.store(d_h_t + state, tl.where(valid, dh, 0).to(d_h.dtype.element_ty), mask=mask)
             arrivals += SPLIT
             step_barrier(arrivals_ptr, arrivals, SPLIT)  # d_h[t] complete before dr reads it
-        for j in range(first, H, SPLIT * BLOCK_H):
+        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
             cols = units + j  # [1, BH]
             col_mask = cols < H
             mask = row_mask & col_mask
@@ -266,8 +305,12 @@ def _lstm_bwd_kernel(
             dc_old = tl.load(dc_prev + state, mask=mask, other=0)
             if PROJ:  # dr = d_h[t] @ W_hr, after the loads above so that they overlap it
                 dr = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-                dr = _dot_tile(dr, d_h_t, rows_r, row_mask, w_hr, H, cols, col_mask, R, PRECISION,
-                               BLOCK_K)  # fmt: skip
+                if STATIONARY:
+                    d_h_rows = load_rows(d_h_t, rows_r, row_mask, R, BLOCK_KP)
+                    dr = tl.dot(d_h_rows, slice_p, dr, input_precision=PRECISION, out_dtype=ACC)
+                else:
+                    dr = _dot_tile(dr, d_h_t, rows_r, row_mask, w_hr, H, cols, col_mask, R,
+                                   PRECISION, BLOCK_KP)  # fmt: skip
             else:
                 dr = tl.load(dh_prev + state, mask=mask, other=0)
                 dr += tl.load(grad_y_t + state, mask=mask, other=0).to(ACC)
@@ -285,36 +328,45 @@ def _lstm_bwd_kernel(
             tl.store(d_gx_t + tile + 3 * H, d_o.to(out_ty), mask=mask)
         arrivals += SPLIT
         step_barrier(arrivals_ptr, arrivals, SPLIT)  # d_gx[t] complete: dh = d_gx[t] @ W_hh
-        for n in range(first, R, SPLIT * BLOCK_H):
+        for n in tl.range(first, R, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
             cols = units + n  # [1, BR]
             col_mask = cols < R
             mask = row_mask & col_mask
             state = rows_r + cols
             dh_old = tl.load(dh_prev + state, mask=mask, other=0)
             dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-            dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
-                           PRECISION, BLOCK_K)  # fmt: skip
+            if STATIONARY:
+                d_gx_rows = load_rows(d_gx_t, rows_g, row_mask, 4 * H, BLOCK_K)  # [BB, BK]
+                dh = tl.dot(d_gx_rows, slice_h, dh, input_precision=PRECISION, out_dtype=ACC)
+            else:
+                dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
+                               PRECISION, BLOCK_K)  # fmt: skip
             tl.store(dh_next + state, tl.where(valid, dh, dh_old), mask=mask)
         # Step s + 1 reads only this program's own tiles of dh and dc: no wait for the others.
         tl.debug_barrier()
 
 
-def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, **constexprs):
+def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, backward: bool,
+            **constexprs):  # fmt: skip
     """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) with ``phases`` barriers
     per step. Block sizes are powers of two from 16 (tl.dot's minimum) up to the limits above,
-    covering the batch, H and 4H when they are smaller; ``launch_split`` decides how many
-    programs share a batch tile's hidden tiles."""
+    covering the batch, H and 4H when they are smaller; with the weights on chip the k-blocks
+    cover each dot's whole K (the forward's R for W_hh and H for W_hr, the backward's 4H and R).
+    ``launch_split`` decides between the two and how many programs share a batch tile."""
 
-    def block(n: int, limit: int) -> int:
+    def block(n: int, limit: int = 2**31) -> int:
         return max(16, min(limit, triton.next_power_of_2(n)))
 
     k_limit = BLOCK_K_BYTES // tensors[0].element_size()
-    blocks = dict(BLOCK_B=block(B, MAX_BLOCK_B), BLOCK_H=block(H, MAX_BLOCK_H),
-                  BLOCK_K=block(4 * H, k_limit))  # fmt: skip
-    batch_programs = triton.cdiv(B, blocks["BLOCK_B"])
-    tiles = triton.cdiv(H, blocks["BLOCK_H"])
-    launch_split(kernel, tensors, (T, B, H, R), batch_programs, tiles, phases,
-                 **blocks, **constexprs, num_warps=NUM_WARPS)  # fmt: skip
+    block_b = block(B, MAX_BLOCK_B)
+    streaming = dict(BLOCK_B=block_b, BLOCK_H=block(H, MAX_BLOCK_H),
+                     BLOCK_K=block(4 * H, k_limit), BLOCK_KP=block(4 * H, k_limit))  # fmt: skip
+    k, kp = (block(4 * H), block(R)) if backward else (block(R), block(H))
+    on_chip = dict(BLOCK_B=block_b, BLOCK_H=block(H, ON_CHIP_BLOCK_H), BLOCK_K=k, BLOCK_KP=kp)
+    w_hr_rows = kp if constexprs["PROJ"] else 0
+    slice_elements = on_chip["BLOCK_H"] * (k * (1 if backward else 4) + w_hr_rows)
+    launch_split(kernel, tensors, (T, B, H, R), triton.cdiv(B, block_b), phases, streaming,
+                 on_chip, slice_elements, **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
 
 def _check_weights(w_hh: Tensor, w_hr: Tensor | None) -> None:
@@ -353,7 +405,8 @@ def lstm_fwd(
     lengths = full_lengths(lengths, T, B, gx.device)
     tensors = [gx, w_hh, w_hr.contiguous() if proj else w_hh, lengths, y, gates, cells, h_state,
                c_state, hidden]  # fmt: skip
-    _launch(_lstm_fwd_kernel, tensors, T, B, H, R, 2 if proj else 1, REVERSE=reverse, PROJ=proj)
+    _launch(_lstm_fwd_kernel, tensors, T, B, H, R, 2 if proj else 1, False, REVERSE=reverse,
+            PROJ=proj)  # fmt: skip
     return y, h_state[T % 2].clone(), c_state[T % 2].to(gx.dtype, copy=True), gates, cells
 
 
@@ -384,7 +437,8 @@ def lstm_bwd(
     lengths = full_lengths(lengths, T, B, gates.device)
     tensors = [grad_y, w_hh, w_hr.contiguous() if proj else w_hh, c0.contiguous(), lengths,
                gates, cells, d_gx, d_h, dh_state, dc_state]  # fmt: skip
-    _launch(_lstm_bwd_kernel, tensors, T, B, H, R, 2 if proj else 1, REVERSE=reverse, PROJ=proj)
+    _launch(_lstm_bwd_kernel, tensors, T, B, H, R, 2 if proj else 1, True, REVERSE=reverse,
+            PROJ=proj)  # fmt: skip
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gx, h_prev)
     d_w_hr = None
