@@ -1,8 +1,10 @@
 #!/bin/bash
 # One device call: versions, the Triton tests on the GPU, the block-size sweep of
-# tools/gpu_tune.py, the issue-6 benchmark in fp32, fp16 and bf16, and the benchmark command's
-# default run. Logs go to $OUT (at most 8 files come back). Seconds allowed: TEST_S, TUNE_S,
-# BENCH_S per dtype, DEFAULT_S (0 skips a step); TUNE_ARGS=--defaults-only times the defaults.
+# tools/gpu_tune.py, the issue-6 benchmark in fp32, fp16 and bf16 (with the weights streamed,
+# then kept on chip: RNNKERNELS_WEIGHTS_ON_CHIP in ON_CHIP, default "0 1"), and the benchmark
+# command's default run. Logs go to $OUT (at most 8 files come back). Seconds allowed: TEST_S,
+# TUNE_S, BENCH_S per dtype and mode, DEFAULT_S (0 skips a step); TUNE_ARGS=--defaults-only
+# times the default and the on-chip variant only.
 set -u
 out=${OUT:-gpu-out}
 mkdir -p "$out" /tmp/bench
@@ -21,10 +23,15 @@ if [ "${TUNE_S:-120}" -gt 0 ]; then
   echo "tune rc=$? in $((SECONDS - start)) s"; cat "$out/tune.log" | tail -60
 fi
 for dt in ${DTYPES:-float32 float16 bfloat16}; do
-  start=$SECONDS
-  timeout -s INT -k 10 "${BENCH_S:-60}" python3 -m rnnkernels.bench --shapes "${SHAPES:-issue6}" --dtype "$dt" \
-    --backends "${BACKENDS:-triton}" --out /tmp/bench >"$out/bench-$dt.log" 2>&1
-  echo "bench $dt rc=$? in $((SECONDS - start)) s"; grep -E "triton|GEMM" "$out/bench-$dt.log"
+  for chip in ${ON_CHIP:-0 1}; do
+    start=$SECONDS
+    echo "== RNNKERNELS_WEIGHTS_ON_CHIP=$chip" >>"$out/bench-$dt.log"
+    RNNKERNELS_WEIGHTS_ON_CHIP=$chip timeout -s INT -k 10 "${BENCH_S:-60}" python3 -m rnnkernels.bench \
+      --shapes "${SHAPES:-issue6}" --dtype "$dt" --backends "${BACKENDS:-triton}" --out /tmp/bench \
+      >>"$out/bench-$dt.log" 2>&1
+    echo "bench $dt on-chip=$chip rc=$? in $((SECONDS - start)) s"
+  done
+  grep -E "==|triton|GEMM" "$out/bench-$dt.log"
 done
 if [ "${DEFAULT_S:-90}" -gt 0 ]; then
   start=$SECONDS

@@ -1,8 +1,10 @@
-"""Times the Triton LSTM/GRU layer kernels (forward, backward) over block-size variants and the
-split across programs, on a CUDA GPU, in microseconds per time step. Compiles every variant in
-parallel worker processes first (Triton's disk cache), then times them one by one.
+"""Times the Triton LSTM/GRU layer kernels (forward, backward) over block-size variants, the
+split across programs and the weights kept on chip, on a CUDA GPU, in microseconds per time
+step. Compiles every variant in parallel worker processes first (Triton's disk cache), then
+times them one by one. The on-chip variant runs streaming where a shape does not fit on chip
+(triton_common.launch_split; tools/triton_sm90.py shows which).
 
-    python tools/gpu_tune.py [--defaults-only]
+    python tools/gpu_tune.py [--defaults-only]   # only the default and the on-chip variant
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ SHAPES = [  # cell, B, H, dtype
     ("lstm", 16, 768, torch.float16),
     ("lstm", 64, 512, torch.float32),
     ("lstm", 16, 128, torch.float32),
+    ("lstm", 64, 512, torch.float16),
     ("gru", 16, 768, torch.float16),
     ("gru", 64, 512, torch.float32),
     ("gru", 16, 128, torch.float32),
+    ("gru", 64, 512, torch.float16),
 ]
-VARIANTS = {  # knobs of the cell's module (+ MAX_SPLIT of triton_common); the defaults first
+COMMON = {"MAX_SPLIT": 1024, "WEIGHTS_ON_CHIP": False}  # knobs of triton_common, defaults
+VARIANTS = {  # knobs of the cell's module or of triton_common; the default, then on chip, first
     "lstm": [
         dict(MAX_BLOCK_B=bb, MAX_BLOCK_H=bh, BLOCK_K_BYTES=k, NUM_WARPS=w)
         for bb, bh, k, w in [(16, 32, 256, 4), (32, 32, 256, 4), (16, 16, 256, 4),
@@ -34,6 +39,8 @@ VARIANTS = {  # knobs of the cell's module (+ MAX_SPLIT of triton_common); the d
         for bh, k, w in [(32, 256, 4), (64, 256, 4), (16, 256, 4), (32, 512, 4), (32, 256, 8)]
     ],
 }  # fmt: skip
+for variants in VARIANTS.values():
+    variants.insert(1, dict(WEIGHTS_ON_CHIP=True))
 
 
 def setup(cell, B, H, dtype, knobs):
@@ -42,9 +49,10 @@ def setup(cell, B, H, dtype, knobs):
     from rnnkernels.ops.lstm import triton as lstm
 
     module = lstm if cell == "lstm" else gru
-    triton_common.MAX_SPLIT = knobs.get("MAX_SPLIT", 1024)
+    for k, v in COMMON.items():
+        setattr(triton_common, k, knobs.get(k, v))
     for k, v in knobs.items():
-        if k != "MAX_SPLIT":
+        if k not in COMMON:
             setattr(module, k, v)
     if cell == "lstm":
         import test_triton_lstm as t
@@ -81,8 +89,8 @@ def compile_one(job):
 
 
 def main():
-    """``--defaults-only``: time the first (default) variant of each cell alone."""
-    count = 1 if "--defaults-only" in sys.argv else None
+    """``--defaults-only``: time the first two variants of each cell (default, on chip)."""
+    count = 2 if "--defaults-only" in sys.argv else None
     jobs = [(*s, v) for s in SHAPES for v in VARIANTS[s[0]][:count]]
     with ProcessPoolExecutor(12, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
         list(pool.map(compile_one, jobs))
