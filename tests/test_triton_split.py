@@ -112,20 +112,23 @@ def test_launchers_pass_the_split_on(common, cell, monkeypatch):
 @pytest.mark.parametrize(
     "cell,B,H,P,on,budget,expected",
     [
-        ("lstm", 40, 64, 0, True, 2**20, (True, (3, 4), 64, 256)),  # 4 tiles of 16, 3 * 4 <= 132
-        ("lstm", 40, 64, 32, True, 2**20, (True, (3, 4), 32, 256)),  # W_hh's K: P fwd, 4H bwd
-        ("gru", 40, 64, 0, True, 2**20, (True, (3, 4), 64, 256)),  # backward K: 3H -> 256
+        ("lstm", 40, 64, 0, True, 2**20, (True, (3, 4), 64, 64)),  # 4 tiles of 16, 3 * 4 <= 132
+        ("lstm", 40, 64, 32, True, 2**20, (True, (3, 4), 32, 64)),  # W_hh's K: P fwd, H bwd
+        ("gru", 40, 64, 0, True, 2**20, (True, (3, 4), 64, 64)),
+        ("lstm", 40, 64, 0, True, 4096, (True, (3, 4), 64, 64)),  # 4 slices of 64 x 16, fwd, bwd
+        ("lstm", 40, 64, 0, True, 4095, (False,)),
+        ("gru", 40, 64, 0, True, 3071, (False,)),  # 3 slices of 64 x 16
         ("lstm", 40, 64, 0, False, 2**20, (False,)),  # WEIGHTS_ON_CHIP off
-        ("gru", 40, 64, 0, True, 8 * 1024, (False,)),  # fwd slices 3 * 64 * 16 * 4 B > 8 KiB
         ("lstm", 40, 1024, 0, True, 2**40, (False,)),  # 64 tiles > 132 SMs // 3 batch tiles
     ],
 )
 def test_weights_on_chip_when_every_program_has_one_tile_and_its_slices_fit(
     common, monkeypatch, cell, B, H, P, on, budget, expected
 ):
-    """On a 132-SM GPU (split_programs as there), with hidden tiles of 16 on chip: the launchers
-    choose STATIONARY, a program per tile and k-blocks that cover each dot's K (forward,
-    backward), or else the streaming kernels with their own blocks."""
+    """On a 132-SM GPU (split_programs as there), with hidden tiles of 16 on chip and a budget
+    of slice elements per program: the launchers choose STATIONARY, a program per tile and
+    k-blocks that cover each dot's K (forward, backward), or else the streaming kernels with
+    their own blocks."""
     if cell == "lstm":
         from rnnkernels.ops.lstm import triton as kernels
     else:
@@ -138,7 +141,7 @@ def test_weights_on_chip_when_every_program_has_one_tile_and_its_slices_fit(
     if cell == "lstm":
         monkeypatch.setattr(kernels, "MAX_BLOCK_B", 16)  # the GPU's batch tiles
     monkeypatch.setattr(common, "WEIGHTS_ON_CHIP", on)
-    monkeypatch.setattr(common, "ON_CHIP_BYTES", budget)
+    monkeypatch.setattr(common, "ON_CHIP_ELEMENTS", dict.fromkeys(common.ON_CHIP_ELEMENTS, budget))
     monkeypatch.setattr(
         common, "split_programs", lambda device, nb, tiles, phases: max(1, min(tiles, 132 // nb))
     )
@@ -156,17 +159,13 @@ def test_weights_on_chip_when_every_program_has_one_tile_and_its_slices_fit(
         assert fwd["BLOCK_H"] == kernels.MAX_BLOCK_H or fwd["BLOCK_H"] >= H
 
 
-def test_slices_fit_by_bytes_on_tensor_cores_and_by_elements_on_fma_units(common, monkeypatch):
-    monkeypatch.setattr(common, "ON_CHIP_BYTES", 64 * 1024)
-    monkeypatch.setattr(common, "ON_CHIP_FMA_ELEMENTS", 4096)
-    for dtype in (torch.float16, torch.bfloat16):
-        assert common.slices_fit(32768, dtype) and not common.slices_fit(32769, dtype)
+def test_what_runs_the_dots_sets_the_budget(common):
+    assert common.dot_units(torch.float16) == common.dot_units(torch.bfloat16) == "16-bit"
     with torch.backends.cudnn.flags(allow_tf32=True):  # fp32 dots in tf32, on tensor cores
-        assert common.slices_fit(16384, torch.float32)
-        assert not common.slices_fit(16385, torch.float32)
+        assert common.dot_units(torch.float32) == "tf32"
     with torch.backends.cudnn.flags(allow_tf32=False):
-        assert common.slices_fit(4096, torch.float32) and not common.slices_fit(4097, torch.float32)
-    assert common.slices_fit(4096, torch.float64) and not common.slices_fit(4097, torch.float64)
+        assert common.dot_units(torch.float32) == "fma"
+    assert common.dot_units(torch.float64) == "fma"
 
 
 def test_weights_on_chip_from_the_environment():

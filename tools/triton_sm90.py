@@ -1,8 +1,8 @@
 """Compiles the Triton LSTM and GRU layer kernels for an NVIDIA GPU on a machine without one
 (Triton's own ptxas; sm_90, the H100/H200, by default) and prints per kernel: streaming or weights
 on chip, the blocks, registers per thread, stack bytes (registers spilled to local memory) and
-shared memory. It is how triton_common.ON_CHIP_BYTES was set: the largest weight slices per
-program whose kernels compile without spilling. Speed needs a GPU (tools/gpu-check.sh).
+shared memory, with the weights on chip wherever a program gets one hidden tile, whatever the
+budget. It is how triton_common.ON_CHIP_ELEMENTS was set. Speed needs a GPU (tools/gpu-check.sh).
 
     python tools/triton_sm90.py [--arch 90] [--ieee] [--shapes lstm:16:128:float32 ...]
 
@@ -83,7 +83,7 @@ def compile_variants(cell: str, B: int, H: int, P: int, dtype: str, arch: int, i
     for name in [n for n in dir(module) if n.endswith("_kernel")]:
         setattr(module, name, Compile(getattr(module, name)))
     triton_common.split_programs = lambda device, nb, tiles, phases: max(1, min(tiles, SMS // nb))
-    triton_common.ON_CHIP_BYTES = 2**40  # every size that has one tile per program
+    triton_common.ON_CHIP_ELEMENTS = dict.fromkeys(triton_common.ON_CHIP_ELEMENTS, 2**40)
     torch.backends.cudnn.allow_tf32 = not ieee
     g = torch.Generator().manual_seed(0)
     dt = getattr(torch, dtype)

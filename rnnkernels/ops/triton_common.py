@@ -97,25 +97,28 @@ def cooperative(split: int) -> dict:
 
 # Weights on chip (ops/lstm/README.md, "Weights on chip"). With WEIGHTS_ON_CHIP, a launch whose
 # hidden tiles of ON_CHIP_BLOCK_H units all get a program of their own (the split), and whose
-# weight slices per program fit (slices_fit), loads each program's slices once, before the time
+# slices per program fit (ON_CHIP_ELEMENTS), loads each program's slices once, before the time
 # loop (STATIONARY), into shared memory, instead of streaming them from L2 every step. Off unless
 # RNNKERNELS_WEIGHTS_ON_CHIP=1 is set at import (or this is set), until it is measured faster on
 # a GPU: it has run in the interpreter and been compiled for sm_90 (tools/triton_sm90.py), not
-# timed. The budgets are the largest slices whose kernels compiled without spilling registers
-# at NUM_WARPS = 4; the interpreter has no such limit.
+# timed. ON_CHIP_ELEMENTS: the most slice elements per program, by what runs the dots, from
+# compiling for sm_90 at NUM_WARPS = 4 (README); the interpreter has no such limit.
 WEIGHTS_ON_CHIP = os.environ.get("RNNKERNELS_WEIGHTS_ON_CHIP", "0") == "1"
 ON_CHIP_BLOCK_H = 128 if triton_interpreted() else 16
-ON_CHIP_BYTES = 2**40 if triton_interpreted() else 64 * 1024  # tensor-core dots
-ON_CHIP_FMA_ELEMENTS = 2**40 if triton_interpreted() else 4096  # FMA dots: operands in registers
+ON_CHIP_ELEMENTS = {  # tensor cores on fp16/bf16, on fp32 as tf32; FMA units on fp32, fp64
+    "16-bit": 2**16,
+    "tf32": 2**14,
+    "fma": 2**12,  # an FMA dot holds a whole tile's operands in registers
+}
+if triton_interpreted():
+    ON_CHIP_ELEMENTS = dict.fromkeys(ON_CHIP_ELEMENTS, 2**40)
 
 
-def slices_fit(elements: int, dtype: torch.dtype) -> bool:
-    """Whether weight slices of ``elements`` per program in ``dtype`` fit on chip: ON_CHIP_BYTES
-    for dots on tensor cores (fp16, bf16, fp32 as tf32), ON_CHIP_FMA_ELEMENTS for dots on FMA
-    units (fp32 with TF32 off, fp64), which hold a whole tile's operands in registers."""
-    if dtype in (torch.float16, torch.bfloat16) or input_precision(dtype) == "tf32":
-        return elements * dtype.itemsize <= ON_CHIP_BYTES
-    return elements <= ON_CHIP_FMA_ELEMENTS
+def dot_units(dtype: torch.dtype) -> str:
+    """What runs the kernels' dots for inputs of ``dtype``: a key of ON_CHIP_ELEMENTS."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16-bit"
+    return "tf32" if input_precision(dtype) == "tf32" else "fma"
 
 
 def launch_split(
@@ -136,7 +139,7 @@ def launch_split(
         return tiles, split_programs(x.device, batch_programs, tiles, sizes[0] * phases)
 
     tiles, split = split_for(on_chip)
-    fits = slices_fit(slice_elements, x.dtype)
+    fits = slice_elements <= ON_CHIP_ELEMENTS[dot_units(x.dtype)]
     stationary = WEIGHTS_ON_CHIP and fits and split == tiles  # one hidden tile per program
     if not stationary:
         tiles, split = split_for(streaming)

@@ -215,7 +215,7 @@ def _gru_bwd_kernel(
     STATIONARY: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # k-step of the W_hh dot (all of K when STATIONARY)
+    BLOCK_K: tl.constexpr,  # k-step of the W_hh dot (STATIONARY: all H rows of a gate)
 ):
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
     acc_dtype = dh_ptr.dtype.element_ty  # accumulation and pointwise math
@@ -235,9 +235,11 @@ def _gru_bwd_kernel(
     k_gate_offs = rows[:, None] * 3 * H + k_span[None, :]  # [BB, BK] into [B, 3H]
     w_offs = k_span[:, None] * H + span[None, :]  # [BK, BH] into [3H, H]
     plane = B * H  # elements of one step of [T, B, H]
-    if STATIONARY:  # this program's one hidden tile: its columns of W_hh (all 3H rows), once
+    if STATIONARY:  # this program's one hidden tile: its columns of W_hh per gate, once
         cols = (first + span)[None, :]  # [1, BH]
-        slice_all = load_weights(w_hh_ptr, cols, cols < H, H, 3 * H, BLOCK_K)  # [BK, BH]
+        slice_r = load_weights(w_hh_ptr, cols, cols < H, H, H, BLOCK_K)  # [BK, BH]
+        slice_z = load_weights(w_hh_ptr + H * H, cols, cols < H, H, H, BLOCK_K)
+        slice_n = load_weights(w_hh_ptr + 2 * H * H, cols, cols < H, H, H, BLOCK_K)
     for s in range(T):
         t = s if REVERSE else T - 1 - s  # the forward's visiting order, backwards
         keep = (t < length)[:, None]  # [BB, 1]
@@ -285,9 +287,14 @@ def _gru_bwd_kernel(
             tile = row_in & cols_in
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)  # overlaps the k-loop
             acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
-            if STATIONARY:
-                d_gh = load_rows(d_gh_t, rows[:, None] * 3 * H, row_in, 3 * H, BLOCK_K)
-                acc = tl.dot(d_gh, slice_all, acc, input_precision=PRECISION, out_dtype=acc_dtype)
+            if STATIONARY:  # a dot per gate: d_gh_t of gate r, z, n against its slice
+                gate_rows = rows[:, None] * 3 * H
+                d_gh = load_rows(d_gh_t, gate_rows, row_in, H, BLOCK_K)  # [BB, BK]
+                acc = tl.dot(d_gh, slice_r, acc, input_precision=PRECISION, out_dtype=acc_dtype)
+                d_gh = load_rows(d_gh_t + H, gate_rows, row_in, H, BLOCK_K)
+                acc = tl.dot(d_gh, slice_z, acc, input_precision=PRECISION, out_dtype=acc_dtype)
+                d_gh = load_rows(d_gh_t + 2 * H, gate_rows, row_in, H, BLOCK_K)
+                acc = tl.dot(d_gh, slice_n, acc, input_precision=PRECISION, out_dtype=acc_dtype)
             else:
                 acc = _dh_dot(acc, d_gh_t, k_gate_offs, row_in, w_hh_ptr + j, w_offs, cols_in, H,
                               PRECISION, BLOCK_K)  # fmt: skip
@@ -313,14 +320,14 @@ def _blocks(H: int, dtype: torch.dtype) -> dict[str, int]:
     return {"BLOCK_H": min(MAX_BLOCK_H, fit), "BLOCK_K": min(block_k, fit)}
 
 
-def _launch(kernel, tensors: list, T: int, B: int, H: int, K: int, **constexprs) -> None:
+def _launch(kernel, tensors: list, T: int, B: int, H: int, **constexprs) -> None:
     """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) over cdiv(B, BLOCK_B)
     batch tiles, each shared by the programs ``launch_split`` decides on; one barrier per step.
-    The W_hh dot runs over ``K`` (H forward, 3H backward); with the weights on chip one k-block
-    covers it, and the slice per program is that block by BLOCK_H for each of the dot's gates."""
-    block_h = max(16, min(ON_CHIP_BLOCK_H, triton.next_power_of_2(H)))
-    on_chip = dict(BLOCK_B=BLOCK_B, BLOCK_H=block_h, BLOCK_K=max(16, triton.next_power_of_2(K)))
-    slice_elements = on_chip["BLOCK_H"] * on_chip["BLOCK_K"] * (3 if K == H else 1)
+    With the weights on chip one k-block covers the H rows of a gate, and the slices per
+    program are three [BLOCK_K, BLOCK_H], forward and backward."""
+    fit = max(16, triton.next_power_of_2(H))
+    on_chip = dict(BLOCK_B=BLOCK_B, BLOCK_H=min(ON_CHIP_BLOCK_H, fit), BLOCK_K=fit)
+    slice_elements = 3 * on_chip["BLOCK_H"] * on_chip["BLOCK_K"]
     launch_split(kernel, tensors, (T, B, H), triton.cdiv(B, BLOCK_B), 1,
                  dict(BLOCK_B=BLOCK_B, **_blocks(H, tensors[0].dtype)), on_chip, slice_elements,
                  **constexprs, num_warps=NUM_WARPS)  # fmt: skip
@@ -353,7 +360,7 @@ def gru_fwd(
     b_hh_or_unused = b_hh.contiguous() if b_hh is not None else gx
     tensors = [gx, w_hh, b_hh_or_unused, full_lengths(lengths, T, B, gx.device), state, y, gates,
                hn]  # fmt: skip
-    _launch(_gru_fwd_kernel, tensors, T, B, H, H, HAS_BIAS=b_hh is not None, REVERSE=reverse)
+    _launch(_gru_fwd_kernel, tensors, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse)
     return y, state[T % 2].to(gx.dtype, copy=True), gates, hn
 
 
@@ -378,7 +385,7 @@ def gru_bwd(
     tensors = [grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
                full_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
                hn.contiguous(), dh, d_gx, d_gh]  # fmt: skip
-    _launch(_gru_bwd_kernel, tensors, T, B, H, 3 * H, REVERSE=reverse)
+    _launch(_gru_bwd_kernel, tensors, T, B, H, REVERSE=reverse)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None

@@ -248,7 +248,7 @@ def _lstm_bwd_kernel(
     STATIONARY: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # k-step of the W_hh dots (all of K when STATIONARY)
+    BLOCK_K: tl.constexpr,  # k-step of the W_hh dots (STATIONARY: all H rows of a gate)
     BLOCK_KP: tl.constexpr,  # k-step of the W_hr dots
 ):
     tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16)  # tl.dot's minimum
@@ -263,9 +263,13 @@ def _lstm_bwd_kernel(
     row_mask = (rows < B)[:, None]  # [BB, 1]
     rows_g, rows_h, rows_r = rows[:, None] * 4 * H, rows[:, None] * H, rows[:, None] * R
     units = tl.arange(0, BLOCK_H).to(tl.int64)[None, :]  # [1, BH]
-    if STATIONARY:  # this program's one tile: its columns of W_hh (all 4H rows) and of W_hr, once
+    if STATIONARY:  # this program's one tile: its columns of W_hh per gate and of W_hr, once
         cols = units + first
-        slice_h = load_weights(w_hh, cols, cols < R, R, 4 * H, BLOCK_K)  # [BK, BR]
+        gate_stride = H * R
+        slice_i = load_weights(w_hh, cols, cols < R, R, H, BLOCK_K)  # [BK, BR]
+        slice_f = load_weights(w_hh + gate_stride, cols, cols < R, R, H, BLOCK_K)
+        slice_g = load_weights(w_hh + 2 * gate_stride, cols, cols < R, R, H, BLOCK_K)
+        slice_o = load_weights(w_hh + 3 * gate_stride, cols, cols < R, R, H, BLOCK_K)
         if PROJ:
             slice_p = load_weights(w_hr, cols, cols < H, H, R, BLOCK_KP)  # [BKP, BH]
     for s in range(T):
@@ -335,9 +339,15 @@ def _lstm_bwd_kernel(
             state = rows_r + cols
             dh_old = tl.load(dh_prev + state, mask=mask, other=0)
             dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
-            if STATIONARY:
-                d_gx_rows = load_rows(d_gx_t, rows_g, row_mask, 4 * H, BLOCK_K)  # [BB, BK]
-                dh = tl.dot(d_gx_rows, slice_h, dh, input_precision=PRECISION, out_dtype=ACC)
+            if STATIONARY:  # a dot per gate: d_gx[t] of gate i, f, g, o against its slice
+                d_gate = load_rows(d_gx_t, rows_g, row_mask, H, BLOCK_K)  # [BB, BK]
+                dh = tl.dot(d_gate, slice_i, dh, input_precision=PRECISION, out_dtype=ACC)
+                d_gate = load_rows(d_gx_t + H, rows_g, row_mask, H, BLOCK_K)
+                dh = tl.dot(d_gate, slice_f, dh, input_precision=PRECISION, out_dtype=ACC)
+                d_gate = load_rows(d_gx_t + 2 * H, rows_g, row_mask, H, BLOCK_K)
+                dh = tl.dot(d_gate, slice_g, dh, input_precision=PRECISION, out_dtype=ACC)
+                d_gate = load_rows(d_gx_t + 3 * H, rows_g, row_mask, H, BLOCK_K)
+                dh = tl.dot(d_gate, slice_o, dh, input_precision=PRECISION, out_dtype=ACC)
             else:
                 dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
                                PRECISION, BLOCK_K)  # fmt: skip
@@ -351,8 +361,10 @@ def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, 
     """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) with ``phases`` barriers
     per step. Block sizes are powers of two from 16 (tl.dot's minimum) up to the limits above,
     covering the batch, H and 4H when they are smaller; with the weights on chip the k-blocks
-    cover each dot's whole K (the forward's R for W_hh and H for W_hr, the backward's 4H and R).
-    ``launch_split`` decides between the two and how many programs share a batch tile."""
+    cover each dot's whole K (the forward's R for W_hh and H for W_hr, the backward's H, a gate,
+    and R), and the slices per program are 4 of [BLOCK_K, BLOCK_H] and one of [BLOCK_KP,
+    BLOCK_H] with a projection. ``launch_split`` decides between the two and how many programs
+    share a batch tile."""
 
     def block(n: int, limit: int = 2**31) -> int:
         return max(16, min(limit, triton.next_power_of_2(n)))
@@ -361,10 +373,9 @@ def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, 
     block_b = block(B, MAX_BLOCK_B)
     streaming = dict(BLOCK_B=block_b, BLOCK_H=block(H, MAX_BLOCK_H),
                      BLOCK_K=block(4 * H, k_limit), BLOCK_KP=block(4 * H, k_limit))  # fmt: skip
-    k, kp = (block(4 * H), block(R)) if backward else (block(R), block(H))
+    k, kp = (block(H), block(R)) if backward else (block(R), block(H))
     on_chip = dict(BLOCK_B=block_b, BLOCK_H=block(H, ON_CHIP_BLOCK_H), BLOCK_K=k, BLOCK_KP=kp)
-    w_hr_rows = kp if constexprs["PROJ"] else 0
-    slice_elements = on_chip["BLOCK_H"] * (k * (1 if backward else 4) + w_hr_rows)
+    slice_elements = on_chip["BLOCK_H"] * (4 * k + (kp if constexprs["PROJ"] else 0))
     launch_split(kernel, tensors, (T, B, H, R), triton.cdiv(B, block_b), phases, streaming,
                  on_chip, slice_elements, **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
