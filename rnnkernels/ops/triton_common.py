@@ -55,6 +55,14 @@ def load_weights(w, w_cols, col_mask, k_stride, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def dot_rows(acc, a, a_rows, row_mask, K, w_slice, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc`` plus the rows' first ``K`` elements (``load_rows``) times a [BLOCK_K, BN] weight
+    slice held on chip, accumulated in ``acc``'s dtype."""
+    rows = load_rows(a, a_rows, row_mask, K, BLOCK_K)  # [BB, BK]
+    return tl.dot(rows, w_slice, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
 def step_barrier(arrivals_ptr, arrivals, SPLIT: tl.constexpr):
     """Ends a phase of a time step. Every thread of this program has made its writes
     (``debug_barrier``, a CTA barrier); with SPLIT > 1 programs sharing a batch tile, every one of

@@ -21,6 +21,7 @@ from rnnkernels.ops.triton_common import (
     ON_CHIP_BLOCK_H,
     accumulator_dtype,
     check_index_range,
+    dot_rows,
     launch_split,
     load_rows,
     load_weights,
@@ -289,12 +290,10 @@ def _gru_bwd_kernel(
             acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             if STATIONARY:  # a dot per gate: d_gh_t of gate r, z, n against its slice
                 gate_rows = rows[:, None] * 3 * H
-                d_gh = load_rows(d_gh_t, gate_rows, row_in, H, BLOCK_K)  # [BB, BK]
-                acc = tl.dot(d_gh, slice_r, acc, input_precision=PRECISION, out_dtype=acc_dtype)
-                d_gh = load_rows(d_gh_t + H, gate_rows, row_in, H, BLOCK_K)
-                acc = tl.dot(d_gh, slice_z, acc, input_precision=PRECISION, out_dtype=acc_dtype)
-                d_gh = load_rows(d_gh_t + 2 * H, gate_rows, row_in, H, BLOCK_K)
-                acc = tl.dot(d_gh, slice_n, acc, input_precision=PRECISION, out_dtype=acc_dtype)
+                acc = dot_rows(acc, d_gh_t, gate_rows, row_in, H, slice_r, PRECISION, BLOCK_K)
+                acc = dot_rows(acc, d_gh_t + H, gate_rows, row_in, H, slice_z, PRECISION, BLOCK_K)
+                acc = dot_rows(acc, d_gh_t + 2 * H, gate_rows, row_in, H, slice_n, PRECISION,
+                               BLOCK_K)  # fmt: skip
             else:
                 acc = _dh_dot(acc, d_gh_t, k_gate_offs, row_in, w_hh_ptr + j, w_offs, cols_in, H,
                               PRECISION, BLOCK_K)  # fmt: skip

@@ -24,6 +24,7 @@ from rnnkernels.ops.triton_common import (
     ON_CHIP_BLOCK_H,
     accumulator_dtype,
     check_index_range,
+    dot_rows,
     launch_split,
     load_rows,
     load_weights,
@@ -340,14 +341,10 @@ def _lstm_bwd_kernel(
             dh_old = tl.load(dh_prev + state, mask=mask, other=0)
             dh = tl.full((BLOCK_B, BLOCK_H), 0, ACC)
             if STATIONARY:  # a dot per gate: d_gx[t] of gate i, f, g, o against its slice
-                d_gate = load_rows(d_gx_t, rows_g, row_mask, H, BLOCK_K)  # [BB, BK]
-                dh = tl.dot(d_gate, slice_i, dh, input_precision=PRECISION, out_dtype=ACC)
-                d_gate = load_rows(d_gx_t + H, rows_g, row_mask, H, BLOCK_K)
-                dh = tl.dot(d_gate, slice_f, dh, input_precision=PRECISION, out_dtype=ACC)
-                d_gate = load_rows(d_gx_t + 2 * H, rows_g, row_mask, H, BLOCK_K)
-                dh = tl.dot(d_gate, slice_g, dh, input_precision=PRECISION, out_dtype=ACC)
-                d_gate = load_rows(d_gx_t + 3 * H, rows_g, row_mask, H, BLOCK_K)
-                dh = tl.dot(d_gate, slice_o, dh, input_precision=PRECISION, out_dtype=ACC)
+                dh = dot_rows(dh, d_gx_t, rows_g, row_mask, H, slice_i, PRECISION, BLOCK_K)
+                dh = dot_rows(dh, d_gx_t + H, rows_g, row_mask, H, slice_f, PRECISION, BLOCK_K)
+                dh = dot_rows(dh, d_gx_t + 2 * H, rows_g, row_mask, H, slice_g, PRECISION, BLOCK_K)
+                dh = dot_rows(dh, d_gx_t + 3 * H, rows_g, row_mask, H, slice_o, PRECISION, BLOCK_K)
             else:
                 dh = _dot_tile(dh, d_gx_t, rows_g, row_mask, w_hh, R, cols, col_mask, 4 * H,
                                PRECISION, BLOCK_K)  # fmt: skip
