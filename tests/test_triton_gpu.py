@@ -227,9 +227,8 @@ def test_weights_on_chip_match_streaming(cell, P, reverse, dtype, monkeypatch):
         recorders[name] = Recorder(getattr(module, name))
         monkeypatch.setattr(module, name, recorders[name])
     monkeypatch.setattr(triton_common, "WEIGHTS_ON_CHIP", True)
-    monkeypatch.setattr(
-        triton_common, "ON_CHIP_ELEMENTS", dict.fromkeys(["16-bit", "tf32", "fma"], 2**40)
-    )
+    lifted = dict.fromkeys(triton_common.ON_CHIP_ELEMENTS, 2**40)
+    monkeypatch.setattr(triton_common, "ON_CHIP_ELEMENTS", lifted)
     on_chip = run(module, args)
     assert all(r.stationary == [True] for r in recorders.values()), recorders
     for k, (a, b) in enumerate(zip(on_chip, streaming)):

@@ -232,8 +232,9 @@ def _gru_bwd_kernel(
     span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
     k_span = tl.arange(0, BLOCK_K)  # [BK] the same for a step of the dot's k-loop
     offs = rows[:, None] * H + span[None, :]  # [BB, BH] into [B, H]
-    gate_offs = rows[:, None] * 3 * H + span[None, :]  # [BB, BH] into [B, 3H]
-    k_gate_offs = rows[:, None] * 3 * H + k_span[None, :]  # [BB, BK] into [B, 3H]
+    rows_g = rows[:, None] * 3 * H  # [BB, 1] each row's start in [B, 3H]
+    gate_offs = rows_g + span[None, :]  # [BB, BH] into [B, 3H]
+    k_gate_offs = rows_g + k_span[None, :]  # [BB, BK] into [B, 3H]
     w_offs = k_span[:, None] * H + span[None, :]  # [BK, BH] into [3H, H]
     plane = B * H  # elements of one step of [T, B, H]
     if STATIONARY:  # this program's one hidden tile: its columns of W_hh per gate, once
@@ -289,11 +290,9 @@ def _gru_bwd_kernel(
             dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)  # overlaps the k-loop
             acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
             if STATIONARY:  # a dot per gate: d_gh_t of gate r, z, n against its slice
-                gate_rows = rows[:, None] * 3 * H
-                acc = dot_rows(acc, d_gh_t, gate_rows, row_in, H, slice_r, PRECISION, BLOCK_K)
-                acc = dot_rows(acc, d_gh_t + H, gate_rows, row_in, H, slice_z, PRECISION, BLOCK_K)
-                acc = dot_rows(acc, d_gh_t + 2 * H, gate_rows, row_in, H, slice_n, PRECISION,
-                               BLOCK_K)  # fmt: skip
+                acc = dot_rows(acc, d_gh_t, rows_g, row_in, H, slice_r, PRECISION, BLOCK_K)
+                acc = dot_rows(acc, d_gh_t + H, rows_g, row_in, H, slice_z, PRECISION, BLOCK_K)
+                acc = dot_rows(acc, d_gh_t + 2 * H, rows_g, row_in, H, slice_n, PRECISION, BLOCK_K)
             else:
                 acc = _dh_dot(acc, d_gh_t, k_gate_offs, row_in, w_hh_ptr + j, w_offs, cols_in, H,
                               PRECISION, BLOCK_K)  # fmt: skip
