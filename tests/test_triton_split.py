@@ -168,6 +168,19 @@ def test_what_runs_the_dots_sets_the_budget(common):
     assert common.dot_units(torch.float64) == "fma"
 
 
+@pytest.mark.parametrize("capability,on", [((9, 0), True), ((8, 0), False), ((8, 9), False),
+                                           ((10, 0), False)])  # fmt: skip
+def test_weights_on_chip_only_on_the_gpu_the_budgets_were_measured_for(
+    common, monkeypatch, capability, on
+):
+    """sm_90 (H100, H200) gets ON_CHIP_ELEMENTS, another GPU nothing (its shared memory may not
+    hold the slices); CPU tensors, which only the interpreter runs, get ON_CHIP_ELEMENTS."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    budget = common.ON_CHIP_ELEMENTS["16-bit"]
+    assert common.on_chip_budget(torch.device("cuda", 0), torch.float16) == (budget if on else 0)
+    assert common.on_chip_budget(torch.device("cpu"), torch.float16) == budget
+
+
 def test_weights_on_chip_from_the_environment():
     """RNNKERNELS_WEIGHTS_ON_CHIP=1 at import turns it on (a fresh interpreter)."""
     import os

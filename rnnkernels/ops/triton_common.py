@@ -110,7 +110,8 @@ def cooperative(split: int) -> dict:
 # RNNKERNELS_WEIGHTS_ON_CHIP=1 is set at import (or this is set), until it is measured faster on
 # a GPU: it has run in the interpreter and been compiled for sm_90 (tools/triton_sm90.py), not
 # timed. ON_CHIP_ELEMENTS: the most slice elements per program, by what runs the dots, from
-# compiling for sm_90 at NUM_WARPS = 4 (README); the interpreter has no such limit.
+# compiling for sm_90 at NUM_WARPS = 4 (README), so they hold on that GPU only; the interpreter
+# has no such limit.
 WEIGHTS_ON_CHIP = os.environ.get("RNNKERNELS_WEIGHTS_ON_CHIP", "0") == "1"
 ON_CHIP_BLOCK_H = 128 if triton_interpreted() else 16
 ON_CHIP_ELEMENTS = {  # tensor cores on fp16/bf16, on fp32 as tf32; FMA units on fp32, fp64
@@ -129,6 +130,19 @@ def dot_units(dtype: torch.dtype) -> str:
     return "tf32" if input_precision(dtype) == "tf32" else "fma"
 
 
+ON_CHIP_CAPABILITY = (9, 0)  # the GPU ON_CHIP_ELEMENTS were measured for: H100, H200
+
+
+def on_chip_budget(device: torch.device, dtype: torch.dtype) -> int:
+    """The most weight-slice elements a program keeps on chip for inputs of ``dtype`` on
+    ``device``: ON_CHIP_ELEMENTS by what runs the dots, and none on a GPU other than sm_90, whose
+    shared memory and registers they were not measured for (a slice set that fits sm_90's 227 KB
+    would not launch in the 99 KB of sm_86 or sm_89)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) != ON_CHIP_CAPABILITY:
+        return 0
+    return ON_CHIP_ELEMENTS[dot_units(dtype)]
+
+
 def launch_split(
     kernel, tensors: list, sizes: tuple, batch_programs: int, phases: int, streaming: dict,
     on_chip: dict, slice_elements: int, **constexprs,
@@ -138,8 +152,8 @@ def launch_split(
     counters (int32 zeros), then ``sizes`` (T first, H third); its constexprs ``constexprs``,
     PRECISION, SPLIT, STATIONARY and the blocks: ``on_chip`` (BLOCK_H = ON_CHIP_BLOCK_H or less,
     BLOCK_K... covering every dot's K) when the weights stay on chip (above; ``slice_elements``
-    per program), else ``streaming``. ``split_programs`` sets the split for the hidden tiles of
-    the chosen BLOCK_H."""
+    per program, within ``on_chip_budget``), else ``streaming``. ``split_programs`` sets the
+    split for the hidden tiles of the chosen BLOCK_H."""
     x, H = tensors[0], sizes[2]
 
     def split_for(blocks: dict) -> tuple[int, int]:
@@ -147,7 +161,7 @@ def launch_split(
         return tiles, split_programs(x.device, batch_programs, tiles, sizes[0] * phases)
 
     tiles, split = split_for(on_chip)
-    fits = slice_elements <= ON_CHIP_ELEMENTS[dot_units(x.dtype)]
+    fits = slice_elements <= on_chip_budget(x.device, x.dtype)
     stationary = WEIGHTS_ON_CHIP and fits and split == tiles  # one hidden tile per program
     if not stationary:
         tiles, split = split_for(streaming)
