@@ -1,17 +1,22 @@
 // The recurrent GEMM of one time step, C[rows,n] = A[rows,k] op(W) + beta C, with the constant
 // operand W prepared once per layer call (StepWeight). Shared by the LSTM and GRU kernels.
 //
-// float on x86-64 with AVX2+FMA but no AVX-512: our own kernel. op(W) is packed into panels of 24
-// columns ([k][24] each, zero-padded), and a 4x24 register block (12 ymm accumulators, 3 panel
-// loads and 4 broadcasts per 12 FMAs) walks 4 rows of A at a time down each panel (the last 1-3
-// rows in a block of their own size); a split step (split_step_gemm) divides the panels over
-// torch's pool. On the development machine (a 2-core Zen 3 EPYC) it ran
+// float on x86-64 with AVX2+FMA, unless the CPU is Intel's with AVX-512: our own kernel. op(W)
+// is packed into panels of 24 columns ([k][24] each, zero-padded), and a 4x24 register block (12
+// ymm accumulators, 3 panel loads and 4 broadcasts per 12 FMAs) walks 4 rows of A at a time down
+// each panel (the last 1-3 rows in a block of their own size); a split step (split_step_gemm)
+// divides the panels over torch's pool. On the development machine (a 2-core Zen 3 EPYC) it ran
 // step GEMMs 1.1-1.5x faster than MKL's packed sgemm_compute on one thread ([32,256]x[256,1024]
 // 181 vs 223 us; [32,1024]x[1024,256] 178 vs 206 us; [8,64]x[64,256] 3.1 vs 4.3 us), and layer
 // ops on two threads up to 1.3x faster than with MKL (LSTM T=100 B=32 H=256 forward 14-16 vs
 // 17-27 ms, T=512 B=16 H=128 13.7-14.3 vs 18.3-19.1 ms; GRU backward at H=512 4% slower).
-// With AVX-512: MKL's packed GEMM (sgemm_pack / sgemm_compute, exported by libtorch_cpu). Without
-// either, or for double: plain BLAS gemm.
+// On a 2-vCPU AMD EPYC with AVX-512 (Zen 4, whose AVX-512 runs on 256-bit units), layer ops on
+// two threads ran 1.5-3x faster forward with the panels than with MKL's packed GEMM (MKL ran at
+// 134 GFLOP/s in torch.addmm there; tools/cpu_layer_ops.py, the two builds alternating: LSTM
+// T=100 B=32 H=256 9.6-9.7 vs 14-24 ms, T=200 B=8 H=64 0.45-0.55 vs 1.0-1.8 ms, T=512 B=16 H=128
+// 7.4-9.4 vs 12-15 ms). On Intel CPUs with AVX-512 (two 512-bit FMA units on most Xeons): MKL's
+// packed GEMM (sgemm_pack / sgemm_compute, exported by libtorch_cpu), expected to be faster there
+// than a 256-bit kernel, not measured. Without either, or for double: plain BLAS gemm.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -121,12 +126,12 @@ using PanelBlock = void (*)(int64_t, const float*, int64_t, const float*, float*
 constexpr PanelBlock kBlocks[5] = {nullptr, panel_block<1>, panel_block<2>, panel_block<3>,
                                    panel_block<4>};
 
-// AVX2 and FMA without AVX-512: where panel_block beat MKL (see the top of this file).
+// AVX2 and FMA, but not Intel's AVX-512: where panel_block beat MKL (see the top of this file).
 inline bool use_panel_gemm() {
   static const bool yes = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           !__builtin_cpu_supports("avx512f");
+           !(__builtin_cpu_supports("avx512f") && __builtin_cpu_is("intel"));
   }();
   return yes;
 }
