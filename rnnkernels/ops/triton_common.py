@@ -105,7 +105,7 @@ def cooperative(split: int) -> dict:
 
 # Weights on chip (ops/lstm/README.md, "Weights on chip"). With WEIGHTS_ON_CHIP, a launch whose
 # hidden tiles of ON_CHIP_BLOCK_H units all get a program of their own (the split), and whose
-# slices per program fit (ON_CHIP_ELEMENTS), loads each program's slices once, before the time
+# slices per program fit (on_chip_budget), loads each program's slices once, before the time
 # loop (STATIONARY), into shared memory, instead of streaming them from L2 every step. Off unless
 # RNNKERNELS_WEIGHTS_ON_CHIP=1 is set at import (or this is set), until it is measured faster on
 # a GPU: it has run in the interpreter and been compiled for sm_90 (tools/triton_sm90.py), not
@@ -121,6 +121,7 @@ ON_CHIP_ELEMENTS = {  # tensor cores on fp16/bf16, on fp32 as tf32; FMA units on
 }
 if triton_interpreted():
     ON_CHIP_ELEMENTS = dict.fromkeys(ON_CHIP_ELEMENTS, 2**40)
+ON_CHIP_CAPABILITY = (9, 0)  # the GPU ON_CHIP_ELEMENTS were measured for: H100, H200
 
 
 def dot_units(dtype: torch.dtype) -> str:
@@ -128,9 +129,6 @@ def dot_units(dtype: torch.dtype) -> str:
     if dtype in (torch.float16, torch.bfloat16):
         return "16-bit"
     return "tf32" if input_precision(dtype) == "tf32" else "fma"
-
-
-ON_CHIP_CAPABILITY = (9, 0)  # the GPU ON_CHIP_ELEMENTS were measured for: H100, H200
 
 
 def on_chip_budget(device: torch.device, dtype: torch.dtype) -> int:
