@@ -15,7 +15,7 @@ import torch
 
 import rnnkernels
 from rnnkernels import bench
-from rnnkernels.backends import why_not
+from rnnkernels.backends import LayerCall, why_not
 
 PROVIDERS = ["torch", *rnnkernels.available_backends()]
 
@@ -43,7 +43,7 @@ CASES = list(_cases())
 @pytest.mark.parametrize(("device", "shape"), CASES)
 def test_provider(benchmark, device, shape, mode, provider):
     if provider != "torch":
-        why = why_not(provider, shape.cell, torch.empty(0, device=device))
+        why = why_not(provider, LayerCall(shape.cell, torch.device(device), torch.float32))
         if why is not None:
             pytest.skip(f"{provider} cannot run {shape.cell} on {device}: {why}")
     backends = [] if provider == "torch" else [provider]

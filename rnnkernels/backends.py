@@ -1,8 +1,11 @@
 """Backend registry: which implementation of the per-layer ops runs a call.
 
-A backend is a name plus, for each cell, a module holding ``<cell>_fwd`` / ``<cell>_bwd`` that keep
-the per-layer op contract (DESIGN.md section 4). The ops in ``ops/<cell>/op.py`` receive the
-backend's name as an argument and call into that module.
+A backend is a name, a check of whether it can run on this machine, and a check of whether it can
+run one layer call (``LayerCall``: cell, device, dtype, sizes), made before the call so that
+``"auto"`` can fall back. Its kernels, ``<cell>_fwd`` / ``<cell>_bwd`` keeping the per-layer op
+contract, sit in ``ops/<cell>/<backend module>.py``; each cell's ``op.py`` names them per backend.
+Every call is checked once (``rnnkernels.validation``) before a backend is chosen: backends see
+well-formed calls only.
 
 Choosing: ``backend=`` on a module or functional call, else ``set_backend(...)`` (also usable as a
 context manager), else the environment variable ``RNNKERNELS_BACKEND``, else ``"auto"``. A named
@@ -21,7 +24,7 @@ from types import ModuleType
 
 import torch
 
-CELLS = ("lstm", "gru", "indrnn")
+GATES = {"lstm": 4, "gru": 3, "indrnn": 1}  # gate rows of W_ih per hidden unit, per cell
 AUTO = "auto"
 
 
@@ -30,19 +33,32 @@ class BackendError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LayerCall:
+    """One layer call as a backend is asked about it before it runs: the cell, the device and
+    dtype of its tensors, and its sizes (B batch, H hidden, R the state fed back through W_hh:
+    the projection size with one, else H). Sizes of 0: unknown (a probe by device and dtype)."""
+
+    cell: str
+    device: torch.device
+    dtype: torch.dtype
+    B: int = 0
+    H: int = 0
+    R: int = 0
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     description: str
-    module: str  # module name under rnnkernels.ops.<cell>
     unavailable: Callable[[], str | None]  # why it cannot run on this machine, or None
-    cannot_run: Callable[[str, torch.Tensor], str | None]  # why not this cell/tensor, or None
+    cannot_run: Callable[[LayerCall], str | None]  # why it cannot run this call, or None
 
 
 def _always_available() -> str | None:
     return None
 
 
-def _runs_anything(cell: str, x: torch.Tensor) -> str | None:
+def _runs_anything(call: LayerCall) -> str | None:
     return None
 
 
@@ -62,12 +78,12 @@ def _extension_missing() -> str | None:
     return _extension_error[0]
 
 
-def _cpu_float_cannot_run(cell: str, x: torch.Tensor) -> str | None:
+def _cpu_float_cannot_run(call: LayerCall) -> str | None:
     """What the CPU backends (cpp, numba) run: every cell on CPU tensors, float32 or float64."""
-    if x.device.type != "cpu":
-        return f"it runs on CPU tensors, got a {x.device.type} tensor"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"it supports float32 and float64, got {x.dtype}"
+    if call.device.type != "cpu":
+        return f"it runs on CPU tensors, got a {call.device.type} tensor"
+    if call.dtype not in (torch.float32, torch.float64):
+        return f"it supports float32 and float64, got {call.dtype}"
     return None
 
 
@@ -90,18 +106,32 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _triton_cannot_run(cell: str, x: torch.Tensor) -> str | None:
+TRITON_INDEX_LIMIT = 2**31 - 1  # Triton kernels index within one step and the weights in int32
+
+
+def _triton_cannot_run(call: LayerCall) -> str | None:
+    device, dtype = call.device.type, call.dtype
     if triton_interpreted():
-        if x.device.type != "cpu":
-            return f"TRITON_INTERPRET=1 runs kernels on CPU tensors, got a {x.device.type} tensor"
-        if x.dtype == torch.bfloat16:
+        if device != "cpu":
+            return f"TRITON_INTERPRET=1 runs kernels on CPU tensors, got a {device} tensor"
+        if dtype == torch.bfloat16:
             return "Triton's interpreter computes bfloat16 wrongly; bfloat16 needs a GPU"
-    elif x.device.type != "cuda":
-        return (
-            f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {x.device.type}"
-        )
-    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        return f"it supports float32, float64, float16 and bfloat16, got {x.dtype}"
+    elif device != "cuda":
+        return f"it runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return f"it supports float32, float64, float16 and bfloat16, got {dtype}"
+    G, H, R = GATES[call.cell], call.H, call.R
+    sizes = {"one time step of gx": call.B * G * H}  # time steps are offset in int64
+    if call.cell != "indrnn":
+        sizes["w_hh"] = G * H * R
+    if call.R != call.H:
+        sizes["w_hr"] = R * H
+    for what, numel in sizes.items():
+        if numel > TRITON_INDEX_LIMIT:
+            return (
+                f"{what} has {numel} elements, beyond the Triton kernels' int32 index limit of "
+                f"{TRITON_INDEX_LIMIT}"
+            )
     return None
 
 
@@ -109,28 +139,24 @@ _REGISTRY: dict[str, Backend] = {
     "reference": Backend(
         name="reference",
         description="pure-torch time loop (ops/<cell>/naive.py); the oracle, any device",
-        module="naive",
         unavailable=_always_available,
         cannot_run=_runs_anything,
     ),
     "cpp": Backend(
         name="cpp",
         description="compiled C++ CPU kernels (csrc/), fp32/fp64",
-        module="cpp",
         unavailable=_extension_missing,
         cannot_run=_cpu_float_cannot_run,
     ),
     "numba": Backend(
         name="numba",
         description="Numba JIT CPU kernels (ops/<cell>/numba.py), fp32/fp64; no compiler needed",
-        module="numba",
         unavailable=_module_missing("numba", "scipy", "threadpoolctl", extra="numba"),
         cannot_run=_cpu_float_cannot_run,
     ),
     "triton": Backend(
         name="triton",
         description="Triton GPU kernels (ops/<cell>/triton.py), time loop inside the kernel",
-        module="triton",
         unavailable=_module_missing("triton", extra="triton"),
         cannot_run=_triton_cannot_run,
     ),
@@ -175,22 +201,22 @@ class set_backend:
         _selected = self.previous
 
 
-def resolve(requested: str | None, cell: str, x: torch.Tensor) -> str:
-    """The concrete backend name that runs ``cell`` on tensors like ``x``."""
+def resolve(requested: str | None, call: LayerCall) -> str:
+    """The concrete backend name that runs ``call``."""
     source = "backend argument"
     if requested is None:
         requested = _selected
         source = "set_backend / RNNKERNELS_BACKEND"
     _check_name(requested, source)
     if requested != AUTO:
-        why = why_not(requested, cell, x)
+        why = why_not(requested, call)
         if why is not None:
-            raise BackendError(f"backend '{requested}' cannot run this {cell} call: {why}")
+            raise BackendError(f"backend '{requested}' cannot run this {call.cell} call: {why}")
         return requested
-    for name in _AUTO_ORDER.get(x.device.type, ()):
-        if name in _REGISTRY and why_not(name, cell, x) is None:
+    for name in _AUTO_ORDER.get(call.device.type, ()):
+        if name in _REGISTRY and why_not(name, call) is None:
             return name
-    if x.device.type == "cuda":
+    if call.device.type == "cuda":
         warnings.warn(
             "rnnkernels: no GPU backend can run this call; using the slow pure-torch "
             "'reference' backend",
@@ -199,14 +225,47 @@ def resolve(requested: str | None, cell: str, x: torch.Tensor) -> str:
     return "reference"
 
 
-def kernels(name: str, cell: str) -> ModuleType:
-    """The module holding ``<cell>_fwd`` / ``<cell>_bwd`` for backend ``name``."""
-    return importlib.import_module(f"rnnkernels.ops.{cell}.{_REGISTRY[name].module}")
+def kernels(backend: str, cell: str) -> ModuleType:
+    """The module holding ``<cell>_fwd`` / ``<cell>_bwd`` of ``backend``, imported on first use
+    (numba compiles its kernels, cpp loads the extension, triton imports Triton)."""
+    match backend, cell:
+        case "reference", "lstm":
+            from rnnkernels.ops.lstm import naive as module
+        case "reference", "gru":
+            from rnnkernels.ops.gru import naive as module
+        case "reference", "indrnn":
+            from rnnkernels.ops.indrnn import naive as module
+        case "cpp", "lstm":
+            from rnnkernels.ops.lstm import cpp as module
+        case "cpp", "gru":
+            from rnnkernels.ops.gru import cpp as module
+        case "cpp", "indrnn":
+            from rnnkernels.ops.indrnn import cpp as module
+        case "numba", "lstm":
+            from rnnkernels.ops.lstm import numba as module
+        case "numba", "gru":
+            from rnnkernels.ops.gru import numba as module
+        case "numba", "indrnn":
+            from rnnkernels.ops.indrnn import numba as module
+        case "triton", "lstm":
+            from rnnkernels.ops.lstm import triton as module
+        case "triton", "gru":
+            from rnnkernels.ops.gru import triton as module
+        case "triton", "indrnn":
+            from rnnkernels.ops.indrnn import triton as module
+        case _:
+            raise KeyError(f"no {cell} kernels for backend {backend!r}")
+    return module
 
 
-def why_not(name: str, cell: str, x: torch.Tensor) -> str | None:
-    """Why backend ``name`` cannot run ``cell`` on tensors like ``x``; None when it can."""
-    return _unavailable(name) or _REGISTRY[name].cannot_run(cell, x)
+def why_not(name: str, call: LayerCall) -> str | None:
+    """Why backend ``name`` cannot run ``call``; None when it can."""
+    return _unavailable(name) or _REGISTRY[name].cannot_run(call)
+
+
+def why_unavailable(name: str) -> str | None:
+    """Why backend ``name`` cannot run on this machine at all; None when it is available."""
+    return _unavailable(name)
 
 
 @torch.compiler.assume_constant_result

@@ -92,9 +92,9 @@ def needs(backend: str, cell: str, dtype: torch.dtype = torch.float32, device: s
     why."""
     import pytest
 
-    from rnnkernels.backends import why_not
+    from rnnkernels.backends import LayerCall, why_not
 
-    why = why_not(backend, cell, torch.empty(0, dtype=dtype, device=device))
+    why = why_not(backend, LayerCall(cell, torch.device(device), dtype))
     if why is not None:
         pytest.skip(f"backend {backend!r}: {why}")
 

@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 def backend(request):
     """Every backend is a test parameter; one that cannot run here is skipped, saying why."""
     if request.param not in rnnkernels.available_backends():
-        why = rnnkernels.backends.why_not(request.param, "indrnn", torch.empty(0))
+        why = rnnkernels.backends.why_unavailable(request.param)
         pytest.skip(f"backend {request.param!r} is not available here: {why}")
     return request.param
 

@@ -1,10 +1,69 @@
 // The one place that registers dispatcher ops: schemas of the rnnkernels_cpp namespace and their
 // CPU implementations, the public functions of include/rnnkernels/. (The Python side owns the
 // `rnnkernels` namespace; two libraries defining one namespace abort the process, hence a
-// distinct one.) Fakes and autograd live in Python.
+// distinct one.) Beside the schemas, their Meta kernels: the output shapes, which torch.compile and
+// FakeTensor use. Autograd lives in Python (the rnnkernels ops of rnnkernels/ops/<cell>/op.py).
 #include <rnnkernels/rnnkernels.h>
 
 #include <torch/library.h>
+
+namespace {
+
+using Tensors2 = std::tuple<at::Tensor, at::Tensor>;
+using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Tensors4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// An absent weight's gradient is an empty [0] tensor, as the kernels return it.
+at::Tensor grad_or_empty(const std::optional<at::Tensor>& weight, const at::Tensor& like) {
+  return weight ? weight->new_empty_symint(weight->sym_sizes()) : like.new_empty({0});
+}
+
+at::Tensor like(const at::Tensor& t) { return t.new_empty_symint(t.sym_sizes()); }
+
+Tensors5 lstm_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::optional<at::Tensor>&,
+                       const at::Tensor& h0, const at::Tensor& c0,
+                       const std::optional<at::Tensor>&, bool) {
+  const c10::SymInt T = gx.sym_size(0), B = gx.sym_size(1), R = h0.sym_size(1), H = c0.sym_size(1);
+  return {gx.new_empty_symint({T, B, R}), gx.new_empty_symint({B, R}),
+          gx.new_empty_symint({B, H}), gx.new_empty_symint({T, B, H * 4}),
+          gx.new_empty_symint({T, B, H})};
+}
+
+Tensors5 lstm_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                       const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                       const at::Tensor& h0, const at::Tensor& c0,
+                       const std::optional<at::Tensor>&, bool, const at::Tensor& y,
+                       const at::Tensor& gates, const at::Tensor&) {
+  return {like(gates), like(w_hh), grad_or_empty(w_hr, y), like(h0), like(c0)};
+}
+
+Tensors4 gru_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::optional<at::Tensor>&,
+                      const at::Tensor& h0, const std::optional<at::Tensor>&, bool) {
+  const c10::SymInt T = gx.sym_size(0), B = gx.sym_size(1), H = h0.sym_size(1);
+  return {gx.new_empty_symint({T, B, H}), gx.new_empty_symint({B, H}),
+          gx.new_empty_symint({T, B, H * 3}), gx.new_empty_symint({T, B, H})};
+}
+
+Tensors4 gru_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor& w_hh,
+                      const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                      const std::optional<at::Tensor>&, bool, const at::Tensor& y,
+                      const at::Tensor& gates, const at::Tensor&) {
+  return {like(gates), like(w_hh), grad_or_empty(b_hh, y), like(h0)};
+}
+
+Tensors2 indrnn_fwd_meta(const at::Tensor& gx, const at::Tensor&, const at::Tensor& h0,
+                         const std::optional<at::Tensor>&, bool, c10::string_view) {
+  return {like(gx), like(h0)};
+}
+
+Tensors3 indrnn_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor& u,
+                         const at::Tensor& h0, const std::optional<at::Tensor>&, bool,
+                         c10::string_view, const at::Tensor& y) {
+  return {like(y), like(u), like(h0)};
+}
+
+}  // namespace
 
 TORCH_LIBRARY(rnnkernels_cpp, m) {
   m.def(
@@ -36,4 +95,13 @@ TORCH_LIBRARY_IMPL(rnnkernels_cpp, CPU, m) {
   m.impl("gru_bwd", &rnnkernels::gru_bwd);
   m.impl("indrnn_fwd", &rnnkernels::indrnn_fwd);
   m.impl("indrnn_bwd", &rnnkernels::indrnn_bwd);
+}
+
+TORCH_LIBRARY_IMPL(rnnkernels_cpp, Meta, m) {
+  m.impl("lstm_fwd", &lstm_fwd_meta);
+  m.impl("lstm_bwd", &lstm_bwd_meta);
+  m.impl("gru_fwd", &gru_fwd_meta);
+  m.impl("gru_bwd", &gru_bwd_meta);
+  m.impl("indrnn_fwd", &indrnn_fwd_meta);
+  m.impl("indrnn_bwd", &indrnn_bwd_meta);
 }

@@ -154,11 +154,9 @@ def _runnable_backends(device: str, dtype: str) -> list[str]:
 
     import rnnkernels
 
-    x = torch.empty(0, device=device, dtype=getattr(torch, dtype))
+    call = rnnkernels.backends.LayerCall("lstm", torch.device(device), getattr(torch, dtype))
     return [
-        b
-        for b in rnnkernels.available_backends()
-        if rnnkernels.backends.why_not(b, "lstm", x) is None
+        b for b in rnnkernels.available_backends() if rnnkernels.backends.why_not(b, call) is None
     ]
 
 

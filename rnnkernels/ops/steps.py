@@ -17,6 +17,13 @@ def zeros_for_none(*pairs: tuple[Tensor | None, Tensor]) -> tuple[Tensor, ...]:
     return tuple(torch.zeros_like(like) if grad is None else grad for grad, like in pairs)
 
 
+def absent_grad(like: Tensor) -> Tensor:
+    """The gradient of an absent weight (no projection, no bias): an empty [0] tensor, its one
+    form from the kernels to the ops' autograd formulas, which return None for it (a custom op
+    cannot return None; the C++ kernels return the same)."""
+    return like.new_empty(0)
+
+
 def time_steps(T: int, reverse: bool) -> range:
     """The order in which the forward pass visits the steps."""
     return range(T - 1, -1, -1) if reverse else range(T)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnkernels.backends import BackendError, triton_interpreted
+from rnnkernels.backends import TRITON_INDEX_LIMIT, triton_interpreted
 
 
 @triton.jit
@@ -94,7 +94,7 @@ def split_programs(device: torch.device, batch_programs: int, tiles: int, phases
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     split = max(1, min(tiles, sms // batch_programs, MAX_SPLIT))
-    return split if phases * split <= INDEX_LIMIT else 1
+    return split if phases * split <= TRITON_INDEX_LIMIT else 1
 
 
 def cooperative(split: int) -> dict:
@@ -169,17 +169,3 @@ def launch_split(
         STATIONARY=stationary, **(on_chip if stationary else streaming), **constexprs,
         **cooperative(split),
     )  # fmt: skip
-
-
-INDEX_LIMIT = 2**31 - 1  # kernels index within one time step, and within the weights, in int32
-
-
-def check_index_range(cell: str, sizes: list[tuple[str, int]]) -> None:
-    """Raises BackendError when one of ``sizes`` (what, number of elements) is beyond the int32
-    indexing of the kernels; time steps are offset in int64, so T is unlimited."""
-    for what, numel in sizes:
-        if numel > INDEX_LIMIT:
-            raise BackendError(
-                f"backend 'triton' cannot run this {cell} call: {what} has {numel} elements, "
-                f"beyond the Triton kernels' int32 index limit of {INDEX_LIMIT}"
-            )

@@ -1,7 +1,8 @@
 """GRU layer kernels of the compiled C++ extension (csrc/cpu/gru.cpp), CPU, fp32/fp64.
 
 Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
-registers torch.ops.rnnkernels_cpp.gru_fwd / gru_bwd; op.py's fakes serve them too.
+registers torch.ops.rnnkernels_cpp.gru_fwd / gru_bwd (their fakes: Meta kernels in
+csrc/torch/ops.cpp).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import torch
 from torch import Tensor
 
 import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
-from rnnkernels.ops.gru.op import gru_bwd_fake, gru_fwd_fake
 
 _ops = torch.ops.rnnkernels_cpp
 
@@ -39,13 +39,7 @@ def gru_bwd(
     y: Tensor,
     gates: Tensor,
     hn: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] (None without bias), d_h0 [B, H]."""
-    d_gx, d_w_hh, d_b_hh, d_h0 = _ops.gru_bwd(
-        grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn
-    )
-    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0
-
-
-torch.library.register_fake("rnnkernels_cpp::gru_fwd")(gru_fwd_fake)
-torch.library.register_fake("rnnkernels_cpp::gru_bwd")(gru_bwd_fake)
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] ([0] without bias),
+    d_h0 [B, H]."""
+    return _ops.gru_bwd(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn)

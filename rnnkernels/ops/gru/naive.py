@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps, weight_grad
+from rnnkernels.ops.steps import (
+    absent_grad,
+    keep,
+    previous_states,
+    step_mask,
+    time_steps,
+    weight_grad,
+)
 
 
 def gru_fwd(
@@ -48,8 +55,9 @@ def gru_bwd(
     y: Tensor,
     gates: Tensor,
     hn: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] (None without bias), d_h0 [B, H]."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] ([0] without bias),
+    d_h0 [B, H]."""
     T = y.shape[0]
     h_prev = previous_states(y, h0, lengths, reverse)
     dh = grad_hT
@@ -68,5 +76,5 @@ def gru_bwd(
         d_gx[t] = d_gx_t
         d_gh[t] = d_gh_t
     d_w_hh = weight_grad(d_gh, h_prev)
-    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
+    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else absent_grad(y)
     return d_gx, d_w_hh, d_b_hh, dh

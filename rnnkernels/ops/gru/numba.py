@@ -23,7 +23,7 @@ from rnnkernels.ops.numba_jit import (
     tanh,
     valid_span,
 )
-from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
+from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, weight_grad
 
 
 @kernel(
@@ -170,8 +170,9 @@ def gru_bwd(
     y: Tensor,
     gates: Tensor,
     hn: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] (None without bias), d_h0 [B, H]."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] ([0] without bias),
+    d_h0 [B, H]."""
     T, B, G = gates.shape
     H = G // 3
     new = dict(dtype=gates.dtype)
@@ -186,5 +187,5 @@ def gru_bwd(
         )  # fmt: skip
     # The weight gradients are a GEMM and a sum over all T*B rows: torch's, on all its threads.
     d_w_hh = weight_grad(d_gh, h_prev)
-    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
+    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else absent_grad(y)
     return d_gx, d_w_hh, d_b_hh, d_h0

@@ -1,6 +1,9 @@
 """torch.library ops for one GRU layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op looks up that backend's kernels and calls them.
+The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The call was
+checked before the backend was chosen (rnnkernels.validation), so the kernels see well-formed
+tensors. An absent weight's gradient is an empty [0] tensor from the kernels to the autograd
+formula, which returns None for it (a custom op cannot return None).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rnnkernels.backends import kernels
-from rnnkernels.ops.steps import zeros_for_none
+from rnnkernels.ops.steps import absent_grad, zeros_for_none
 
 
 @torch.library.custom_op("rnnkernels::gru_fwd", mutates_args=())
@@ -41,14 +44,14 @@ def gru_bwd(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> d_gx, d_w_hh, d_b_hh ([0] without bias), d_h0."""
-    d_gx, d_w_hh, d_b_hh, d_h0 = kernels(backend, "gru").gru_bwd(
+    return kernels(backend, "gru").gru_bwd(
         grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn
     )
-    return d_gx, d_w_hh, d_b_hh if d_b_hh is not None else y.new_empty(0), d_h0
 
 
-def gru_fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend=None):
-    """Output shapes of gru_fwd (also the fake of the C++ op, which takes no backend)."""
+@gru_fwd.register_fake
+def _fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend):
+    """Output shapes of gru_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
     return (
         gx.new_empty(T, B, H),
@@ -58,18 +61,15 @@ def gru_fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend=None):
     )
 
 
-def gru_bwd_fake(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, backend=None):
-    """Output shapes of gru_bwd (also the fake of the C++ op, which takes no backend)."""
+@gru_bwd.register_fake
+def _bwd_fake(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, backend):
+    """Output shapes of gru_bwd."""
     return (
         gates.new_empty(gates.shape),
         w_hh.new_empty(w_hh.shape),
-        b_hh.new_empty(b_hh.shape) if b_hh is not None else y.new_empty(0),
+        b_hh.new_empty(b_hh.shape) if b_hh is not None else absent_grad(y),
         h0.new_empty(h0.shape),
     )
-
-
-gru_fwd.register_fake(gru_fwd_fake)
-gru_bwd.register_fake(gru_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):

@@ -16,11 +16,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
+from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     ON_CHIP_BLOCK_H,
     accumulator_dtype,
-    check_index_range,
     dot_rows,
     launch_split,
     load_rows,
@@ -331,12 +330,6 @@ def _launch(kernel, tensors: list, T: int, B: int, H: int, **constexprs) -> None
                  **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
 
-def _check_sizes(B: int, H: int) -> None:
-    check_index_range(
-        "gru", [("one time step of gx (B*3H)", B * 3 * H), ("w_hh (3H*H)", 3 * H * H)]
-    )
-
-
 def gru_fwd(
     gx: Tensor,  # [T, B, 3H]  x W_ih^T + b_ih
     w_hh: Tensor,  # [3H, H]
@@ -348,7 +341,6 @@ def gru_fwd(
     """Returns y [T, B, H], hT [B, H], gates [T, B, 3H] (r, z, n after their activations) and
     hn [T, B, H] (h W_hn^T + b_hn); both zero past a sequence's end."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
-    _check_sizes(B, H)
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
     y = gx.new_empty(T, B, H)
     gates = gx.new_empty(T, B, 3 * H)
@@ -373,10 +365,10 @@ def gru_bwd(
     y: Tensor,
     gates: Tensor,
     hn: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] (None without bias), d_h0 [B, H]."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] ([0] without bias),
+    d_h0 [B, H]."""
     T, B, H = y.shape
-    _check_sizes(B, H)
     d_gx = gates.new_empty(T, B, 3 * H)
     d_gh = gates.new_empty(T, B, 3 * H)  # gradient of h W_hh^T + b_hh; d_gx but for the n part
     dh = grad_hT.to(accumulator_dtype(y.dtype), memory_format=torch.contiguous_format, copy=True)
@@ -386,5 +378,5 @@ def gru_bwd(
     _launch(_gru_bwd_kernel, tensors, T, B, H, REVERSE=reverse)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gh, h_prev)
-    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else None
+    d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else absent_grad(y)
     return d_gx, d_w_hh, d_b_hh, dh.to(y.dtype)

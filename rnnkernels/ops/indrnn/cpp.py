@@ -1,7 +1,8 @@
 """IndRNN layer kernels of the compiled C++ extension (csrc/cpu/indrnn.cpp), CPU, fp32/fp64.
 
 Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
-registers torch.ops.rnnkernels_cpp.indrnn_fwd / indrnn_bwd; op.py's fakes serve them too.
+registers torch.ops.rnnkernels_cpp.indrnn_fwd / indrnn_bwd (their fakes: Meta kernels in
+csrc/torch/ops.cpp).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import torch
 from torch import Tensor
 
 import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
-from rnnkernels.ops.indrnn.op import indrnn_bwd_fake, indrnn_fwd_fake
 
 _ops = torch.ops.rnnkernels_cpp
 
@@ -39,7 +39,3 @@ def indrnn_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns d_gx [T, B, H], d_u [H], d_h0 [B, H]."""
     return _ops.indrnn_bwd(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y)
-
-
-torch.library.register_fake("rnnkernels_cpp::indrnn_fwd")(indrnn_fwd_fake)
-torch.library.register_fake("rnnkernels_cpp::indrnn_bwd")(indrnn_bwd_fake)

@@ -7,8 +7,6 @@ from torch import Tensor
 
 from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps
 
-NONLINEARITIES = ("relu", "tanh")
-
 
 def indrnn_fwd(
     gx: Tensor,  # [T, B, H]  x W_ih^T + b_ih + b_hh

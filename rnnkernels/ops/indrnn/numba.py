@@ -12,7 +12,6 @@ import torch
 from numba import types
 from torch import Tensor
 
-from rnnkernels.ops.indrnn.naive import NONLINEARITIES
 from rnnkernels.ops.numba_jit import as_array, kernel, tanh
 from rnnkernels.ops.steps import full_lengths
 
@@ -99,12 +98,6 @@ def indrnn_bwd_kernel(grad_y, u, h0, lengths, reverse, relu, y, d_gx, d_u, dh):
         d_u[j] = total
 
 
-def _relu(nonlinearity: str) -> bool:
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    return nonlinearity == "relu"
-
-
 def indrnn_fwd(
     gx: Tensor,  # [T, B, H]  x W_ih^T + b_ih + b_hh
     u: Tensor,  # [H]
@@ -118,7 +111,7 @@ def indrnn_fwd(
     y, hT = torch.empty(T, B, H, dtype=gx.dtype), torch.empty(B, H, dtype=gx.dtype)
     indrnn_fwd_kernel(
         as_array(gx), as_array(u), as_array(h0), as_array(full_lengths(lengths, T, B)),
-        reverse, _relu(nonlinearity), y.numpy(), hT.numpy(),
+        reverse, nonlinearity == "relu", y.numpy(), hT.numpy(),
     )  # fmt: skip
     return y, hT
 
@@ -139,6 +132,6 @@ def indrnn_bwd(
     d_h0 = torch.empty(B, H, dtype=y.dtype).copy_(grad_hT)
     indrnn_bwd_kernel(
         as_array(grad_y), as_array(u), as_array(h0), as_array(full_lengths(lengths, T, B)),
-        reverse, _relu(nonlinearity), as_array(y), d_gx.numpy(), d_u.numpy(), d_h0.numpy(),
+        reverse, nonlinearity == "relu", as_array(y), d_gx.numpy(), d_u.numpy(), d_h0.numpy(),
     )  # fmt: skip
     return d_gx, d_u, d_h0

@@ -1,6 +1,9 @@
 """torch.library ops for one IndRNN layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op looks up that backend's kernels and calls them.
+The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The call was
+checked before the backend was chosen (rnnkernels.validation), so the kernels see well-formed
+tensors. An absent weight's gradient is an empty [0] tensor from the kernels to the autograd
+formula, which returns None for it (a custom op cannot return None).
 """
 
 from __future__ import annotations
@@ -43,18 +46,16 @@ def indrnn_bwd(
     )
 
 
-def indrnn_fwd_fake(gx, u, h0, lengths, reverse, nonlinearity, backend=None):
-    """Output shapes of indrnn_fwd (also the fake of the C++ op, which takes no backend)."""
+@indrnn_fwd.register_fake
+def _fwd_fake(gx, u, h0, lengths, reverse, nonlinearity, backend):
+    """Output shapes of indrnn_fwd."""
     return gx.new_empty(gx.shape), h0.new_empty(h0.shape)
 
 
-def indrnn_bwd_fake(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y, backend=None):
-    """Output shapes of indrnn_bwd (also the fake of the C++ op, which takes no backend)."""
+@indrnn_bwd.register_fake
+def _bwd_fake(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y, backend):
+    """Output shapes of indrnn_bwd."""
     return y.new_empty(y.shape), u.new_empty(u.shape), h0.new_empty(h0.shape)
-
-
-indrnn_fwd.register_fake(indrnn_fwd_fake)
-indrnn_bwd.register_fake(indrnn_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):

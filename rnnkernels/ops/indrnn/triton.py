@@ -12,11 +12,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnkernels.ops.indrnn.naive import NONLINEARITIES
 from rnnkernels.ops.steps import full_lengths
 from rnnkernels.ops.triton_common import (
     accumulator_dtype,
-    check_index_range,
     tanh,
 )
 
@@ -123,12 +121,9 @@ def _blocks(B: int, H: int) -> tuple[int, int]:
 
 
 def _prepare(
-    u: Tensor, B: int, T: int, lengths: Tensor | None, nonlinearity: str, dtype: torch.dtype
+    u: Tensor, B: int, T: int, lengths: Tensor | None, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    """Checks the call; returns u in the accumulator dtype and [B] int64 lengths."""
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    check_index_range("indrnn", [("one time step of gx (B*H)", B * u.shape[0])])
+    """u in the accumulator dtype and [B] int64 lengths."""
     return u.to(accumulator_dtype(dtype)).contiguous(), full_lengths(lengths, T, B, u.device)
 
 
@@ -142,7 +137,7 @@ def indrnn_fwd(
 ) -> tuple[Tensor, Tensor]:
     """Returns y [T, B, H] (zero past a sequence's end) and hT [B, H]."""
     T, B, H = gx.shape
-    u, lengths = _prepare(u, B, T, lengths, nonlinearity, gx.dtype)
+    u, lengths = _prepare(u, B, T, lengths, gx.dtype)
     y = gx.new_empty(T, B, H)
     hT = h0.new_empty(B, H)
     block_b, block_h = _blocks(B, H)
@@ -165,7 +160,7 @@ def indrnn_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns d_gx [T, B, H], d_u [H], d_h0 [B, H]."""
     T, B, H = y.shape
-    u_acc, lengths = _prepare(u, B, T, lengths, nonlinearity, y.dtype)
+    u_acc, lengths = _prepare(u, B, T, lengths, y.dtype)
     d_gx = y.new_empty(T, B, H)
     d_h0 = h0.new_empty(B, H)
     block_b, block_h = _blocks(B, H)

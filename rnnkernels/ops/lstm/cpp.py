@@ -1,7 +1,8 @@
 """LSTM layer kernels of the compiled C++ extension (csrc/cpu/lstm.cpp), CPU, fp32/fp64.
 
 Same signatures and returns as naive.py. Importing this module loads rnnkernels._C, which
-registers torch.ops.rnnkernels_cpp.lstm_fwd / lstm_bwd; op.py's fakes serve them too.
+registers torch.ops.rnnkernels_cpp.lstm_fwd / lstm_bwd (their fakes: Meta kernels in
+csrc/torch/ops.cpp).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import torch
 from torch import Tensor
 
 import rnnkernels._C  # noqa: F401  (loads the library: registers torch.ops.rnnkernels_cpp)
-from rnnkernels.ops.lstm.op import lstm_bwd_fake, lstm_fwd_fake
 
 _ops = torch.ops.rnnkernels_cpp
 
@@ -41,14 +41,9 @@ def lstm_bwd(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] (None without projection),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] ([0] without projection),
     d_h0 [B, R], d_c0 [B, H]."""
-    d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = _ops.lstm_bwd(
+    return _ops.lstm_bwd(
         grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells
     )
-    return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0
-
-
-torch.library.register_fake("rnnkernels_cpp::lstm_fwd")(lstm_fwd_fake)
-torch.library.register_fake("rnnkernels_cpp::lstm_bwd")(lstm_bwd_fake)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.ops.steps import keep, previous_states, step_mask, time_steps, weight_grad
+from rnnkernels.ops.steps import (
+    absent_grad,
+    keep,
+    previous_states,
+    step_mask,
+    time_steps,
+    weight_grad,
+)
 
 
 def lstm_fwd(
@@ -52,8 +59,8 @@ def lstm_bwd(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] (None without projection),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] ([0] without projection),
     d_h0 [B, R], d_c0 [B, H]."""
     T = y.shape[0]
     dh, dc = grad_hT, grad_cT
@@ -84,7 +91,7 @@ def lstm_bwd(
         d_h[t] = dh_t
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gx, h_prev)
-    d_w_hr = None
+    d_w_hr = absent_grad(y)
     if w_hr is not None:
         hidden = gates[..., 3 * w_hr.shape[1] :] * cells.tanh()  # o * tanh(c), before projection
         d_w_hr = weight_grad(d_h, hidden)

@@ -24,7 +24,7 @@ from rnnkernels.ops.numba_jit import (
     tanh,
     valid_span,
 )
-from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
+from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, weight_grad
 
 
 @kernel(
@@ -219,8 +219,8 @@ def lstm_bwd(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] (None without projection),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] ([0] without projection),
     d_h0 [B, R], d_c0 [B, H]."""
     T, B, G = gates.shape
     H, R = G // 4, h0.shape[1]
@@ -242,5 +242,5 @@ def lstm_bwd(
     # The weight gradients are single GEMMs over all T*B rows: torch's, on all its threads.
     h_prev = previous_states(y.detach(), h0.detach(), lengths, reverse)
     d_w_hh = weight_grad(d_gx, h_prev)
-    d_w_hr = weight_grad(dh_t, hidden) if proj else None
+    d_w_hr = weight_grad(dh_t, hidden) if proj else absent_grad(y)
     return d_gx, d_w_hh, d_w_hr, d_h0, d_c0

@@ -1,6 +1,9 @@
 """torch.library ops for one LSTM layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op looks up that backend's kernels and calls them.
+The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The call was
+checked before the backend was chosen (rnnkernels.validation), so the kernels see well-formed
+tensors. An absent weight's gradient is an empty [0] tensor from the kernels to the autograd
+formula, which returns None for it (a custom op cannot return None).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import torch
 from torch import Tensor
 
 from rnnkernels.backends import kernels
-from rnnkernels.ops.steps import zeros_for_none
+from rnnkernels.ops.steps import absent_grad, zeros_for_none
 
 
 @torch.library.custom_op("rnnkernels::lstm_fwd", mutates_args=())
@@ -44,14 +47,14 @@ def lstm_bwd(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> d_gx, d_w_hh, d_w_hr ([0] without projection), d_h0, d_c0."""
-    d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = kernels(backend, "lstm").lstm_bwd(
+    return kernels(backend, "lstm").lstm_bwd(
         grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells
     )
-    return d_gx, d_w_hh, d_w_hr if d_w_hr is not None else y.new_empty(0), d_h0, d_c0
 
 
-def lstm_fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend=None):
-    """Output shapes of lstm_fwd (also the fake of the C++ op, which takes no backend)."""
+@lstm_fwd.register_fake
+def _fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend):
+    """Output shapes of lstm_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], c0.shape[1]
     R = h0.shape[1]
     return (
@@ -63,21 +66,18 @@ def lstm_fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend=None):
     )
 
 
-def lstm_bwd_fake(
-    grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells, backend=None
+@lstm_bwd.register_fake
+def _bwd_fake(
+    grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, cells, backend
 ):
-    """Output shapes of lstm_bwd (also the fake of the C++ op, which takes no backend)."""
+    """Output shapes of lstm_bwd."""
     return (
         gates.new_empty(gates.shape),
         w_hh.new_empty(w_hh.shape),
-        w_hr.new_empty(w_hr.shape) if w_hr is not None else y.new_empty(0),
+        w_hr.new_empty(w_hr.shape) if w_hr is not None else absent_grad(y),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
     )
-
-
-lstm_fwd.register_fake(lstm_fwd_fake)
-lstm_bwd.register_fake(lstm_bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):

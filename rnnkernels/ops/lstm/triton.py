@@ -8,7 +8,7 @@ global scratch, double-buffered by step parity; ``step_barrier`` (triton_common)
 of a step whose results other programs read. With STATIONARY each program has one hidden tile
 and loads its slices of the weights once, before the time loop, rather than every step
 (triton_common.launch_split decides). Offsets into [T, B, ...] tensors are int64; weight offsets
-are int32 (check_index_range).
+are int32 (backends.TRITON_INDEX_LIMIT bounds the weights).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnkernels.backends import triton_interpreted
-from rnnkernels.ops.steps import full_lengths, previous_states, weight_grad
+from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, weight_grad
 from rnnkernels.ops.triton_common import (
     ON_CHIP_BLOCK_H,
     accumulator_dtype,
-    check_index_range,
     dot_rows,
     launch_split,
     load_rows,
@@ -87,7 +86,7 @@ def _gate_preacts(
     BLOCK_K: tl.constexpr,
 ):
     """acc + h_prev @ W_hh^T on one tile of each gate i, f, g, o, streaming W_hh in k-steps."""
-    gate_stride = H * R  # int32: check_index_range bounds W_hh
+    gate_stride = H * R  # int32: backends.TRITON_INDEX_LIMIT bounds W_hh
     for k in range(0, R, BLOCK_K):
         ks = tl.arange(0, BLOCK_K).to(tl.int64) + k  # [BK]
         k_in = ks < R
@@ -377,11 +376,6 @@ def _launch(kernel, tensors: list, T: int, B: int, H: int, R: int, phases: int, 
                  on_chip, slice_elements, **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
 
-def _check_weights(w_hh: Tensor, w_hr: Tensor | None) -> None:
-    sizes = [("W_hh", w_hh.numel())] + ([("W_hr", w_hr.numel())] if w_hr is not None else [])
-    check_index_range("lstm", sizes)
-
-
 def _double_buffer(first: Tensor) -> Tensor:
     """Scratch [2, *first.shape] in the accumulator dtype for a state indexed by step parity;
     slot 0 holds ``first``."""
@@ -403,7 +397,6 @@ def lstm_fwd(
     activations; zero past a sequence's end) and cells [T, B, H] (frozen past the end)."""
     T, B, G = gx.shape
     H, R = G // 4, w_hh.shape[1]
-    _check_weights(w_hh, w_hr)
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
     y, gates, cells = gx.new_empty(T, B, R), torch.empty_like(gx), gx.new_empty(T, B, H)
     h_state = torch.stack([h0, h0]).contiguous()  # the state h is y's dtype, as y is
@@ -431,12 +424,11 @@ def lstm_bwd(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] (None without projection),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] ([0] without projection),
     d_h0 [B, R], d_c0 [B, H]."""
     T, B, G = gates.shape
     H, R = G // 4, w_hh.shape[1]
-    _check_weights(w_hh, w_hr)
     grad_y, w_hh, gates, cells = (x.contiguous() for x in (grad_y, w_hh, gates, cells))
     proj = w_hr is not None
     d_gx = torch.empty_like(gates)
@@ -449,7 +441,7 @@ def lstm_bwd(
             PROJ=proj)  # fmt: skip
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gx, h_prev)
-    d_w_hr = None
+    d_w_hr = absent_grad(y)
     if proj:
         hidden = gates[..., 3 * H :] * cells.tanh()  # o * tanh(c), before projection
         d_w_hr = weight_grad(d_h, hidden)
