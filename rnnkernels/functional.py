@@ -2,7 +2,8 @@
 
 Each layer and direction runs one input-projection GEMM over all time steps in torch, then one
 per-layer op (``torch.ops.rnnkernels.<cell>_fwd``) for the recurrence. Dropout between layers and
-(un)packing stay in torch. Argument checking is the modules' job (modules.py).
+(un)packing stay in torch. Every call is checked first (``validation.check_call``), before a
+backend is chosen, whether it comes from a module or straight to these functions.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkernels.backends import resolve
+from rnnkernels.backends import LayerCall, resolve
 from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.lstm.op import lstm_fwd
+from rnnkernels.validation import check_call, check_indrnn_options, reported
 
 # The recurrence of one direction of one layer: (gx [T,B,G*H], initial states, weights,
 # lengths, reverse, backend) -> (y [T,B,*], final states).
@@ -38,14 +40,27 @@ def lstm(
     dropout: float = 0.0,
     training: bool = False,
     backend: str | None = None,
+    *,
+    input_size: int | None = None,
+    proj_size: int | None = None,
 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
     """``nn.LSTM``'s forward. ``weights[layer * D + direction]`` is
-    ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` with None for absent biases / projection.
+    ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` with None for absent biases / projection; in errors they
+    have torch's names (``weight_hh_l1_reverse``). ``input_size`` / ``proj_size``: the sizes the
+    weights must have (default: the input's feature size, weight_hr_l0's rows).
     Returns ``output, (h_n, c_n)``."""
+    if hx is not None and not isinstance(hx, (tuple, list)):
+        raise TypeError(
+            f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
+        )
+    if hx is not None and len(hx) != 2:
+        raise RuntimeError("lstm expects two hidden states")
+    reported(lambda: check_call("lstm", input, hx, weights, hidden_size, num_layers,
+                                bidirectional, batch_first, input_size, proj_size))  # fmt: skip
     w_hr = weights[0][4]
     state_sizes = (w_hr.shape[0] if w_hr is not None else hidden_size, hidden_size)
     output, states = _stack(
-        "lstm", _lstm_direction, input, hx, state_sizes, weights,
+        "lstm", _lstm_direction, input, None if hx is None else tuple(hx), state_sizes, weights,
         num_layers, bidirectional, batch_first, dropout, training, backend,
     )  # fmt: skip
     return output, (states[0], states[1])
@@ -62,11 +77,17 @@ def gru(
     dropout: float = 0.0,
     training: bool = False,
     backend: str | None = None,
+    *,
+    input_size: int | None = None,
 ) -> tuple[Tensor | PackedSequence, Tensor]:
     """``nn.GRU``'s forward. ``weights[layer * D + direction]`` is ``(w_ih, w_hh, b_ih, b_hh)``
-    with None for absent biases. Returns ``output, h_n``."""
+    with None for absent biases (see ``lstm`` for their names and ``input_size``).
+    Returns ``output, h_n``."""
+    states = None if hx is None else (hx,)
+    reported(lambda: check_call("gru", input, states, weights, hidden_size, num_layers,
+                                bidirectional, batch_first, input_size, None))  # fmt: skip
     output, states = _stack(
-        "gru", _gru_direction, input, None if hx is None else (hx,), (hidden_size,), weights,
+        "gru", _gru_direction, input, states, (hidden_size,), weights,
         num_layers, bidirectional, batch_first, dropout, training, backend,
     )  # fmt: skip
     return output, states[0]
@@ -85,10 +106,17 @@ def indrnn(
     training: bool = False,
     recurrent_max_abs: float | None = None,
     backend: str | None = None,
+    *,
+    input_size: int | None = None,
 ) -> tuple[Tensor | PackedSequence, Tensor]:
     """IndRNN (Li et al. 2018): ``h_t = act(x_t W_ih^T + b_ih + b_hh + u * h_{t-1})``.
-    ``weights[layer * D + direction]`` is ``(w_ih, u, b_ih, b_hh)``; ``u`` is clamped to
-    ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set. Returns ``output, h_n``."""
+    ``weights[layer * D + direction]`` is ``(w_ih, u, b_ih, b_hh)`` (``u``: ``weight_hh_l{k}``,
+    [H]); ``u`` is clamped to ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set.
+    Returns ``output, h_n``."""
+    reported(lambda: check_indrnn_options(nonlinearity, recurrent_max_abs))
+    states = None if hx is None else (hx,)
+    reported(lambda: check_call("indrnn", input, states, weights, hidden_size, num_layers,
+                                bidirectional, batch_first, input_size, None))  # fmt: skip
 
     def direction(gx, states, layer_weights, lengths, reverse, backend):
         u = layer_weights[1]
@@ -98,7 +126,7 @@ def indrnn(
         return y, (hT,)
 
     output, states = _stack(
-        "indrnn", direction, input, None if hx is None else (hx,), (hidden_size,), weights,
+        "indrnn", direction, input, states, (hidden_size,), weights,
         num_layers, bidirectional, batch_first, dropout, training, backend,
     )  # fmt: skip
     return output, states[0]
@@ -139,7 +167,8 @@ def _stack(
         hx = tuple(x.new_zeros(num_layers * D, layout.B, size) for size in state_sizes)
     elif layout.unbatched:
         hx = tuple(h.unsqueeze(1) for h in hx)
-    name = resolve(backend, cell, x)
+    R, H = state_sizes[0], state_sizes[-1]  # LSTM (R, H), the others (H,)
+    name = reported(lambda: resolve(backend, LayerCall(cell, x.device, x.dtype, layout.B, H, R)))
     finals: list[tuple[Tensor, ...]] = []
     for layer in range(num_layers):
         outputs = []

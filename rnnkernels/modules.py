@@ -1,7 +1,8 @@
 """Drop-in modules: ``LSTM`` and ``GRU`` for ``torch.nn.LSTM`` / ``torch.nn.GRU``, and ``IndRNN``.
 
 Parameters have torch's names, shapes, order and initialisation, so state_dicts move both ways;
-arguments are checked as torch checks them, with torch's messages where torch has one.
+constructor arguments are checked as torch checks them, with torch's messages where torch has one;
+each call is checked by the functional layer they call (rnnkernels.validation).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels import functional
 from rnnkernels.backends import AUTO, backend_names
+from rnnkernels.validation import check_indrnn_options
 
 _GATES = {"LSTM": 4, "GRU": 3, "IndRNN": 1}
 
@@ -123,85 +125,6 @@ class _RecurrentBase(nn.Module):
             s += f", backend={self.backend!r}"
         return s
 
-    def _check_forward_args(
-        self, input: Tensor | PackedSequence, hx: tuple[Tensor, ...] | None, sizes: tuple[int, ...]
-    ) -> None:
-        """Checks input and the initial states (one per entry of ``sizes``) as torch does."""
-        if isinstance(input, PackedSequence):
-            data, batch = input.data, int(input.batch_sizes[0])
-            expected_dim, unbatched = 2, False
-        elif isinstance(input, Tensor):
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead"
-                )
-            data, unbatched = input, input.dim() == 2
-            expected_dim = input.dim()
-            batch = 1 if unbatched else input.size(0 if self.batch_first else 1)
-            if input.size(1 if self.batch_first and not unbatched else 0) == 0:
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        else:
-            raise TypeError(
-                f"{self.mode}: input must be a Tensor or a PackedSequence, "
-                f"got {type(input).__name__}"
-            )
-        weight = self.weight_ih_l0
-        if data.dtype != weight.dtype and not torch.is_autocast_enabled():
-            raise ValueError(
-                f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight.dtype}). "
-                f"Convert input: input.to({weight.dtype}), or convert model: "
-                f"model.to({data.dtype})"
-            )
-        if data.device != weight.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor at "
-                f"{data.device} and parameter tensor at {weight.device}"
-            )
-        if data.dim() != expected_dim:
-            raise RuntimeError(f"input must have {expected_dim} dimensions, got {data.dim()}")
-        if data.size(-1) != self.input_size:
-            raise RuntimeError(
-                "input.size(-1) must be equal to input_size. "
-                f"Expected {self.input_size}, got {data.size(-1)}"
-            )
-        if hx is None:
-            return
-        for k, h in enumerate(hx):
-            if not isinstance(h, Tensor):
-                raise TypeError(
-                    f"{_state_name(k, len(sizes))} must be a Tensor, got {type(h).__name__}"
-                )
-        state_dim = 2 if unbatched else 3
-        if any(h.dim() != state_dim for h in hx):
-            kind = "unbatched 2-D" if unbatched else "batched 3-D"
-            ranks = ", ".join(f"{h.dim()}-D" for h in hx)
-            states, got = (
-                ("hx and cx", f"({ranks}) tensors") if len(hx) == 2 else ("hx", f"{ranks} tensor")
-            )
-            raise RuntimeError(
-                f"For {kind} input, {states} should also be {state_dim}-D but got {got}"
-            )
-        for k, (h, size) in enumerate(zip(hx, sizes)):
-            name = _state_name(k, len(sizes))
-            # unbatched states are checked (and reported, as torch does) with their batch of 1
-            h_shape = (h.shape[0], 1, *h.shape[1:]) if unbatched else tuple(h.shape)
-            expected = (self.num_layers * self.num_directions, batch, size)
-            if h_shape != expected:
-                raise RuntimeError(f"Expected {name} size {expected}, got {list(h_shape)}")
-            if h.device != data.device:
-                raise RuntimeError(
-                    "Input and hidden tensors are not at the same device, found input tensor at "
-                    f"{data.device} and hidden tensor at {h.device}"
-                )
-            if h.dtype != data.dtype:
-                raise ValueError(
-                    f"{name} dtype ({h.dtype}) does not match input dtype ({data.dtype})"
-                )
-
-
-def _state_name(k: int, count: int) -> str:
-    return f"hidden[{k}]" if count > 1 else "hidden"
-
 
 class LSTM(_RecurrentBase):
     """Drop-in ``torch.nn.LSTM``: same arguments, parameters, inputs and outputs, plus
@@ -231,18 +154,10 @@ class LSTM(_RecurrentBase):
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
-        if hx is not None and not isinstance(hx, (tuple, list)):
-            raise TypeError(
-                f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
-            )
-        if hx is not None and len(hx) != 2:
-            raise RuntimeError("lstm expects two hidden states")
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        self._check_forward_args(input, hx, (real_hidden, self.hidden_size))
         return functional.lstm(
-            input, None if hx is None else tuple(hx), self._layer_weights(), self.hidden_size,
-            self.num_layers, self.bidirectional, self.batch_first, self.dropout, self.training,
-            self.backend,
+            input, hx, self._layer_weights(), self.hidden_size, self.num_layers,
+            self.bidirectional, self.batch_first, self.dropout, self.training, self.backend,
+            input_size=self.input_size, proj_size=self.proj_size,
         )  # fmt: skip
 
 
@@ -278,11 +193,10 @@ class GRU(_RecurrentBase):
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
-        self._check_forward_args(input, None if hx is None else (hx,), (self.hidden_size,))
         return functional.gru(
             input, hx, [w[:4] for w in self._layer_weights()], self.hidden_size,
             self.num_layers, self.bidirectional, self.batch_first, self.dropout, self.training,
-            self.backend,
+            self.backend, input_size=self.input_size,
         )  # fmt: skip
 
 
@@ -312,12 +226,7 @@ class IndRNN(_RecurrentBase):
         dtype=None,
         backend: str | None = None,
     ) -> None:
-        if nonlinearity not in ("relu", "tanh"):
-            raise ValueError(
-                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
-            )
-        if recurrent_max_abs is not None and not recurrent_max_abs > 0:
-            raise ValueError(f"recurrent_max_abs must be positive, got {recurrent_max_abs}")
+        check_indrnn_options(nonlinearity, recurrent_max_abs)
         self.nonlinearity = nonlinearity
         self.recurrent_max_abs = recurrent_max_abs
         super().__init__(
@@ -344,11 +253,11 @@ class IndRNN(_RecurrentBase):
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
-        self._check_forward_args(input, None if hx is None else (hx,), (self.hidden_size,))
         return functional.indrnn(
             input, hx, [w[:4] for w in self._layer_weights()], self.hidden_size,
             self.num_layers, self.nonlinearity, self.bidirectional, self.batch_first,
             self.dropout, self.training, self.recurrent_max_abs, self.backend,
+            input_size=self.input_size,
         )  # fmt: skip
 
 
