@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels.modules import GRU, LSTM, IndRNN, rnn_config
 
-# (atol, rtol) against torch / the oracle, per dtype. fp32 is the parity bar of DESIGN.md §7:
+# (atol, rtol) against torch / the oracle, per dtype. fp32 is the parity bar of docs/design.md §6:
 # 5e-5 absolute; the 1e-6 relative term (8 ulps) only matters for values beyond ~50, where 5e-5
 # is a few ulps and summation order alone exceeds it (exploding relu IndRNN states, large sums).
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {

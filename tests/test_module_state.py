@@ -17,7 +17,7 @@ from torch import nn
 import rnnkernels
 from rnnkernels.testing import TOLERANCES, torch_twin
 
-I, H, T, B = 3, 5, 4, 2  # noqa: E741 (DESIGN.md dimension letters)
+I, H, T, B = 3, 5, 4, 2  # noqa: E741 (docs/design.md §1 dimension letters)
 
 CONFIGS = [
     {},

@@ -42,7 +42,8 @@ def indrnn_args(nonlinearity, lengths, reverse, dtype=torch.float64):
             reverse, nonlinearity)  # fmt: skip
 
 
-# (name, fwd op, bwd op, oracle fwd, oracle bwd, args factory, variants, differentiable outputs)
+# cell -> (fwd op, bwd op, oracle fwd, oracle bwd, args factory, n_out): n_out is how many leading
+# outputs are results (differentiable); the rest are saved for the backward. Variants: VARIANTS.
 CELLS = {
     "lstm": (lstm_fwd, lstm_bwd, lstm_naive.lstm_fwd, lstm_naive.lstm_bwd, lstm_args, 3),
     "gru": (gru_fwd, gru_bwd, gru_naive.gru_fwd, gru_naive.gru_bwd, gru_args, 2),

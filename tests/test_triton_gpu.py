@@ -23,7 +23,7 @@ DEVICE = "cuda"
 
 @pytest.fixture(autouse=True)
 def tf32_off():
-    """fp32 parity holds with TF32 off for both sides (DESIGN.md section 7)."""
+    """fp32 parity holds with TF32 off for both sides (docs/design.md section 6)."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield

@@ -100,7 +100,7 @@ RNNKERNELS_MULTIVERSION void row_hidden(const scalar_t* __restrict__ go,
   for (int64_t j = 0; j < H; ++j) hidden[j] = go[j] * tanh_(cell[j]);
 }
 
-// out = a + b, or 0 for an invalid row.
+// out = a + b over n elements (called for valid rows; the caller zero-fills rows past their end).
 template <typename scalar_t>
 RNNKERNELS_MULTIVERSION void row_add(const scalar_t* __restrict__ a,
                                      const scalar_t* __restrict__ b, scalar_t* __restrict__ out,

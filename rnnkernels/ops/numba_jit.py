@@ -12,8 +12,9 @@ every file, so users never meet a stale cache).
 Threads: the kernels' own loops run serially on the calling thread (no ``parallel``, no Numba
 thread pool). The step GEMMs (``step_gemm``) call the BLAS torch itself uses (MKL inside torch's
 CPU library on x86-64), which threads on torch's OpenMP pool, and ``step_threads`` keeps small
-steps on one thread, as the C++ kernels do. The fallback, ``np.dot`` (which Numba routes to
-scipy's BLAS, OpenBLAS with a thread pool of its own), stays on one thread: two pools on the
+steps on one thread: the C++ kernels' policy too, each with its own threshold
+(``MIN_THREADED_STEP_FLOPS`` says how they differ). The fallback, ``np.dot`` (which Numba routes
+to scipy's BLAS, OpenBLAS with a thread pool of its own), stays on one thread: two pools on the
 same cores fight (2 cores, T=100 steps of a [32,256]x[256,1024] GEMM between two torch GEMMs:
 53 ms with OpenBLAS on one thread, 64-88 ms on two, although two threads alone ran the steps in
 18-21 ms instead of 33: a BLAS thread spinning after our call halved torch's next GEMM).
@@ -136,7 +137,6 @@ _FORTRAN_GEMM = types.void(*[types.intp] * 13)  # every argument by address
 _sgemm = types.ExternalFunction("rnnkernels_sgemm", _FORTRAN_GEMM)
 _dgemm = types.ExternalFunction("rnnkernels_dgemm", _FORTRAN_GEMM)
 _CHAR_N, _CHAR_T = 78, 84  # ord("N"), ord("T")
-STEP_THREADS_FLOPS = 1 << 20  # smaller step GEMMs run on one thread (as the C++ kernels do)
 
 
 def _torch_cpu_library() -> ctypes.CDLL | None:
@@ -203,6 +203,17 @@ def _step_gemm(a, w, trans_w, out, torch_blas):
 
 # --- threads -----------------------------------------------------------------------------------
 
+# A step GEMM of fewer FLOPs than this (2 * B * k * n for all B rows, as the kernels pass it to
+# step_threads) runs on one thread (why, in the C++ kernels' words, common.h's OneBlasThread: a
+# fork/join per step costs more than it saves on a small GEMM).
+# The C++ kernels share the policy but not the number: split_step_gemm (csrc/cpu/step_weight.h)
+# threads a step from 2,000,000 FLOPs, or whenever its weights exceed 512 KiB (a core's L2 on the
+# machine it was measured on, so each core keeps its share of W in its own L2). The two were set
+# separately: the C++ threshold and its L2 clause were measured with the C++ kernels (the
+# numbers are beside split_step_gemm); this one came with the Numba kernels, with no measurement
+# recorded, and has no L2 clause. Change either only after measuring its own backend.
+MIN_THREADED_STEP_FLOPS = 1 << 20  # 1,048,576
+
 _blas_lock = threading.Lock()
 _blas_controller: list[ThreadpoolController] = []  # filled on first use
 
@@ -218,11 +229,11 @@ def _blas() -> ThreadpoolController:
 @contextlib.contextmanager
 def step_threads(step_flops: int) -> Iterator[None]:
     """Threads of the step GEMMs inside a kernel call: torch's MKL on torch's threads, or on one
-    thread below STEP_THREADS_FLOPS; scipy's BLAS (the fallback) always on one thread."""
+    thread below MIN_THREADED_STEP_FLOPS; scipy's BLAS (the fallback) always on one thread."""
     if not TORCH_BLAS:
         with _blas().limit(limits=1):
             yield
-    elif step_flops >= STEP_THREADS_FLOPS:
+    elif step_flops >= MIN_THREADED_STEP_FLOPS:
         yield
     else:
         saved = _torch_cpu.MKL_Set_Num_Threads_Local(1)
