@@ -153,6 +153,13 @@ def test_cuda_asked_for_without_cuda(capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("old", "new"), [("issue3", "cpu-grid"), ("issue6", "gpu-goals")])
+def test_former_preset_names_still_work_with_a_warning(old, new):
+    with pytest.warns(FutureWarning, match=f"shape preset '{old}' is now called '{new}'"):
+        args = bench.cli.parser([], []).parse_args(["--shapes", f"tiny,{old}"])
+    assert args.shapes == ["tiny", new]
+
+
 def test_default_backends_are_those_that_run_on_the_device(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's interpreter runs CPU tensors
     assert bench.cli.parse_args(["--device", "cpu"]).backends == PROVIDERS[1:]

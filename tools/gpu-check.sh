@@ -27,7 +27,7 @@ for dt in ${DTYPES:-float32 float16 bfloat16}; do
     start=$SECONDS
     echo "== RNNKERNELS_WEIGHTS_ON_CHIP=$chip" >>"$out/bench-$dt.log"
     RNNKERNELS_WEIGHTS_ON_CHIP=$chip timeout -s INT -k 10 "${BENCH_S:-60}" python3 -m rnnkernels.bench \
-      --shapes "${SHAPES:-issue6}" --dtype "$dt" --backends "${BACKENDS:-triton}" --out /tmp/bench \
+      --shapes "${SHAPES:-gpu-goals}" --dtype "$dt" --backends "${BACKENDS:-triton}" --out /tmp/bench \
       >>"$out/bench-$dt.log" 2>&1
     echo "bench $dt on-chip=$chip rc=$? in $((SECONDS - start)) s"
   done

@@ -10,18 +10,34 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import asdict
 
 from rnnkernels.bench import measure, report
-from rnnkernels.bench.shapes import CELLS, DEFAULT_PRESET, MODES, PRESETS, cell_flops
+from rnnkernels.bench.shapes import (
+    CELLS,
+    DEFAULT_PRESET,
+    MODES,
+    PRESETS,
+    RENAMED_PRESETS,
+    cell_flops,
+)
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 CUDA_ONLY_DTYPES = ("float16", "bfloat16")
 
 
-def _choices(allowed, what: str, known=()):
+def _choices(allowed, what: str, known=(), renamed=None):
     def parse(text: str) -> list[str]:
         items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        for old, new in (renamed or {}).items():
+            if old in items:
+                warnings.warn(
+                    f"{what} {old!r} is now called {new!r}; the old name goes in the next release",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                items = [new if t == old else t for t in items]
         bad = [t for t in items if t not in allowed]
         if bad or not items:
             kind = "unavailable here" if bad and all(t in known for t in bad) else "unknown"
@@ -62,7 +78,7 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shapes",
-        type=_choices(list(PRESETS), "shape preset"),
+        type=_choices(list(PRESETS), "shape preset", renamed=RENAMED_PRESETS),
         help="comma list of presets (default: 'default' on cpu, 'gpu' on cuda)",
     )
     p.add_argument(
