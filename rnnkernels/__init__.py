@@ -9,6 +9,7 @@ from rnnkernels.backends import (
     backend_names,
     get_backend,
     set_backend,
+    set_default_backend,
 )
 from rnnkernels.convert import convert
 from rnnkernels.modules import GRU, LSTM, IndRNN
@@ -25,6 +26,7 @@ __all__ = [
     "functional",
     "get_backend",
     "set_backend",
+    "set_default_backend",
 ]
 __version__ = "0.1.0"
 

@@ -7,9 +7,11 @@ contract, sit in ``ops/<cell>/<backend module>.py``; each cell's ``op.py`` names
 Every call is checked once (``rnnkernels.validation``) before a backend is chosen: backends see
 well-formed calls only.
 
-Choosing: ``backend=`` on a module or functional call, else ``set_backend(...)`` (also usable as a
-context manager), else the environment variable ``RNNKERNELS_BACKEND``, else ``"auto"``. A named
-backend that cannot run a call raises ``BackendError`` saying why; only ``"auto"`` falls back.
+Choosing: ``backend=`` on a module or functional call, else the selection in force for the calling
+thread or asyncio task: its ``set_backend(...)`` choice (a ContextVar; usually a ``with`` block),
+else the process-wide default (``set_default_backend``; initially ``RNNKERNELS_BACKEND``, else
+``"auto"``). A named backend that cannot run a call raises ``BackendError`` saying why; only
+``"auto"`` falls back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -166,7 +169,21 @@ _REGISTRY: dict[str, Backend] = {
 # a CUDA tensor.
 _AUTO_ORDER = {"cpu": ("cpp", "numba"), "cuda": ("triton",)}
 
-_selected = os.environ.get("RNNKERNELS_BACKEND", AUTO)
+
+def _check_name(name: str, source: str) -> str:
+    """``name`` if it names a backend or ``"auto"``; else a ValueError naming ``source``."""
+    if name != AUTO and name not in _REGISTRY:
+        raise ValueError(
+            f"unknown rnnkernels backend {name!r} (from {source}); "
+            f"expected one of {[AUTO, *_REGISTRY]}"
+        )
+    return name
+
+
+# The selection: the process-wide default, and the choice of a thread or asyncio task that made
+# one (set_backend), which wins over the default for its calls. Read by get_backend.
+_default: str = _check_name(os.environ.get("RNNKERNELS_BACKEND", AUTO), "RNNKERNELS_BACKEND")
+_scoped: ContextVar[str | None] = ContextVar("rnnkernels_backend", default=None)
 
 
 def backend_names() -> list[str]:
@@ -180,34 +197,74 @@ def available_backends() -> list[str]:
 
 
 def get_backend() -> str:
-    """The backend name in force when a call does not name one."""
-    return _selected
+    """The selection in force for a call from this thread or asyncio task that names no backend:
+    its ``set_backend`` choice, else the process-wide default.
+
+    In code traced by torch.compile, the process-wide default: Dynamo can neither read a
+    ContextVar nor guard on one, while it guards on the default (a module global), so a compiled
+    model recompiles when the default changes. A compiled call whose caller selects otherwise
+    with ``set_backend`` raises ``BackendError`` when it runs (``check_selection``)."""
+    if torch.compiler.is_dynamo_compiling():
+        return _default
+    scoped = _scoped.get()
+    return _default if scoped is None else scoped
+
+
+def set_default_backend(name: str) -> None:
+    """Set the process-wide default selection: the one of every thread and asyncio task that has
+    no ``set_backend`` choice of its own, and the one compiled code follows."""
+    global _default
+    _default = _check_name(name, "set_default_backend")
 
 
 class set_backend:
-    """Select the backend for calls that do not name one: ``set_backend("reference")``, or
-    ``with set_backend("reference"): ...`` to restore the previous choice afterwards."""
+    """Select the backend for the calls of the calling thread or asyncio task that name none: a
+    choice that wins over the process default (``set_default_backend``) and loses to
+    ``backend=``. Compiled code does not follow it (``get_backend``).
+
+    ``with set_backend("reference"): ...`` selects it inside the block and, on exit, restores
+    exactly the choice it replaced, whatever other threads and tasks select meanwhile. Like
+    ``torch.set_grad_enabled`` it takes effect when called, so a bare ``set_backend(name)`` call
+    sets the choice until changed, or until an enclosing ``with set_backend`` block exits. A new
+    thread starts without a choice; an asyncio task starts with its creator's."""
 
     def __init__(self, name: str) -> None:
-        global _selected
-        _check_name(name, "set_backend")
-        self.previous, _selected = _selected, name
+        self._token: Token[str | None] = _scoped.set(_check_name(name, "set_backend"))
 
     def __enter__(self) -> set_backend:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        global _selected
-        _selected = self.previous
+        _scoped.reset(self._token)
+
+
+def check_selection(traced: str | None) -> None:
+    """Raise ``BackendError`` unless the caller's selection is ``traced``, the one a call's backend
+    was chosen from (None: ``backend=`` named it, nothing to check). The layer ops check it each
+    time they run. Eager, it holds by construction; in a compiled model, whose traced code read
+    the process default only (``get_backend``), it catches a ``set_backend`` choice that would
+    otherwise be silently ignored."""
+    if traced is None:
+        return
+    selected = get_backend()
+    if selected != traced:
+        raise BackendError(
+            f"this call was traced (torch.compile / torch.export) where the rnnkernels backend "
+            f"selection was {traced!r}, and runs where it is {selected!r}. Compiled code cannot "
+            "follow a set_backend() choice, which is per thread and asyncio task (Dynamo neither "
+            "reads nor guards a ContextVar): name the backend on the module (backend=...), or "
+            "select it with rnnkernels.set_default_backend(), which compiled code follows (it "
+            "recompiles)."
+        )
 
 
 def resolve(requested: str | None, call: LayerCall) -> str:
-    """The concrete backend name that runs ``call``."""
-    source = "backend argument"
+    """The concrete backend name that runs ``call``: ``requested`` (a name, or ``"auto"``), else
+    the selection in force (``get_backend``)."""
     if requested is None:
-        requested = _selected
-        source = "set_backend / RNNKERNELS_BACKEND"
-    _check_name(requested, source)
+        requested = get_backend()  # checked when it was selected
+    else:
+        _check_name(requested, "backend argument")
     if requested != AUTO:
         why = why_not(requested, call)
         if why is not None:
@@ -268,17 +325,16 @@ def why_unavailable(name: str) -> str | None:
     return _unavailable(name)
 
 
-@torch.compiler.assume_constant_result
 def _unavailable(name: str) -> str | None:
-    """Why backend ``name`` cannot run on this machine, or None. A constant for torch.compile:
-    the first check imports modules, which Dynamo cannot trace (a model compiled with
-    fullgraph=True before any eager call failed on it)."""
+    """Why backend ``name`` cannot run on this machine, or None."""
     return _REGISTRY[name].unavailable()
 
 
-def _check_name(name: object, source: str) -> None:
-    if name != AUTO and name not in _REGISTRY:
-        raise ValueError(
-            f"unknown rnnkernels backend {name!r} (from {source}); "
-            f"expected one of {[AUTO, *_REGISTRY]}"
-        )
+# A constant to torch.compile: Dynamo calls _unavailable while tracing and keeps the result, with
+# no guard (what runs on this machine does not change). Traced, the first check would import
+# modules, which Dynamo cannot trace: a model compiled with fullgraph=True before any eager call
+# failed on it. The attribute is what torch.compiler.assume_constant_result sets (a private one,
+# read in torch/_dynamo/variables/functions.py); set directly because that public decorator
+# imports torch._dynamo, which made `import rnnkernels` take 1 s and 150 MB more.
+# tests/test_compile.py compiles as the first call of a process.
+_unavailable._dynamo_marked_constant = True  # type: ignore[attr-defined]

@@ -15,16 +15,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkernels.backends import LayerCall, resolve
+from rnnkernels.backends import LayerCall, get_backend, resolve
 from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.lstm.op import lstm_fwd
 from rnnkernels.validation import check_call, check_indrnn_options, reported
 
 # The recurrence of one direction of one layer: (gx [T,B,G*H], initial states, weights,
-# lengths, reverse, backend) -> (y [T,B,*], final states).
+# lengths, reverse, backend, selection) -> (y [T,B,*], final states).
 Direction = Callable[
-    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str],
+    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str, str | None],
     tuple[Tensor, tuple[Tensor, ...]],
 ]
 
@@ -118,11 +118,11 @@ def indrnn(
     reported(lambda: check_call("indrnn", input, states, weights, hidden_size, num_layers,
                                 bidirectional, batch_first, input_size, None))  # fmt: skip
 
-    def direction(gx, states, layer_weights, lengths, reverse, backend):
+    def direction(gx, states, layer_weights, lengths, reverse, backend, selection):
         u = layer_weights[1]
         if recurrent_max_abs is not None:
             u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
-        y, hT = indrnn_fwd(gx, u, states[0], lengths, reverse, nonlinearity, backend)
+        y, hT = indrnn_fwd(gx, u, states[0], lengths, reverse, nonlinearity, backend, selection)
         return y, (hT,)
 
     output, states = _stack(
@@ -132,15 +132,17 @@ def indrnn(
     return output, states[0]
 
 
-def _lstm_direction(gx, states, layer_weights, lengths, reverse, backend):
+def _lstm_direction(gx, states, layer_weights, lengths, reverse, backend, selection):
     w_hh, w_hr = layer_weights[1], layer_weights[4]
-    y, hT, cT, _, _ = lstm_fwd(gx, w_hh, w_hr, states[0], states[1], lengths, reverse, backend)
+    y, hT, cT, _, _ = lstm_fwd(
+        gx, w_hh, w_hr, states[0], states[1], lengths, reverse, backend, selection
+    )
     return y, (hT, cT)
 
 
-def _gru_direction(gx, states, layer_weights, lengths, reverse, backend):
+def _gru_direction(gx, states, layer_weights, lengths, reverse, backend, selection):
     w_hh, b_hh = layer_weights[1], layer_weights[3]
-    y, hT, _, _ = gru_fwd(gx, w_hh, b_hh, states[0], lengths, reverse, backend)
+    y, hT, _, _ = gru_fwd(gx, w_hh, b_hh, states[0], lengths, reverse, backend, selection)
     return y, (hT,)
 
 
@@ -169,6 +171,7 @@ def _stack(
         hx = tuple(h.unsqueeze(1) for h in hx)
     R, H = state_sizes[0], state_sizes[-1]  # LSTM (R, H), the others (H,)
     name = reported(lambda: resolve(backend, LayerCall(cell, x.device, x.dtype, layout.B, H, R)))
+    selection = get_backend() if backend is None else None  # checked again when the ops run
     finals: list[tuple[Tensor, ...]] = []
     for layer in range(num_layers):
         outputs = []
@@ -179,7 +182,7 @@ def _stack(
             if cell != "gru" and b_ih is not None:  # GRU keeps b_hh inside r * (...)
                 b_ih = b_ih + b_hh
             gx = layout.padded(F.linear(x, w_ih, b_ih))  # one GEMM over all time steps
-            y, final = direction(gx, states, weights[index], lengths, d == 1, name)
+            y, final = direction(gx, states, weights[index], lengths, d == 1, name, selection)
             outputs.append(layout.unpadded(y))
             finals.append(final)
         x = torch.cat(outputs, -1) if D == 2 else outputs[0]

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkernels import functional
-from rnnkernels.backends import AUTO, backend_names
+from rnnkernels import backends, functional
 from rnnkernels.validation import check_indrnn_options
 
 _GATES = {"LSTM": 4, "GRU": 3, "IndRNN": 1}
@@ -43,11 +42,8 @@ class _RecurrentBase(nn.Module):
     ) -> None:
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
-        if backend is not None and backend != AUTO and backend not in backend_names():
-            raise ValueError(
-                f"unknown rnnkernels backend {backend!r} (from backend argument); "
-                f"expected one of {[AUTO, *backend_names()]}"
-            )
+        if backend is not None:
+            backends._check_name(backend, "backend argument")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -128,7 +124,7 @@ class _RecurrentBase(nn.Module):
 
 class LSTM(_RecurrentBase):
     """Drop-in ``torch.nn.LSTM``: same arguments, parameters, inputs and outputs, plus
-    ``backend=`` (None: the global choice, see ``rnnkernels.set_backend``)."""
+    ``backend=`` (None: the selection in force, see ``rnnkernels.set_backend``)."""
 
     mode = "LSTM"
 
@@ -163,7 +159,7 @@ class LSTM(_RecurrentBase):
 
 class GRU(_RecurrentBase):
     """Drop-in ``torch.nn.GRU``: same arguments, parameters, inputs and outputs, plus
-    ``backend=`` (None: the global choice, see ``rnnkernels.set_backend``)."""
+    ``backend=`` (None: the selection in force, see ``rnnkernels.set_backend``)."""
 
     mode = "GRU"
 

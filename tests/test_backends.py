@@ -1,14 +1,15 @@
-"""Backend selection: names, precedence, context manager, env var, and errors that say why."""
+"""Backends: names, availability, precedence of backend= over the selection, and errors that say
+why. (The selection itself, per thread and task and under torch.compile: test_selection.py.)"""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import rnnkernels
 from rnnkernels import backends
+
+CPU_CALL = backends.LayerCall("lstm", torch.device("cpu"), torch.float32)
 
 
 def test_reference_is_always_available():
@@ -17,21 +18,7 @@ def test_reference_is_always_available():
 
 
 def test_auto_on_cpu_picks_an_available_backend():
-    name = backends.resolve("auto", "lstm", torch.empty(1))
-    assert name in rnnkernels.available_backends()
-
-
-def test_set_backend_as_call_and_context_manager():
-    before = rnnkernels.get_backend()
-    with rnnkernels.set_backend("reference"):
-        assert rnnkernels.get_backend() == "reference"
-        assert backends.resolve(None, "gru", torch.empty(1)) == "reference"
-    assert rnnkernels.get_backend() == before
-    rnnkernels.set_backend("reference")
-    try:
-        assert rnnkernels.get_backend() == "reference"
-    finally:
-        rnnkernels.set_backend(before)
+    assert backends.resolve("auto", CPU_CALL) in rnnkernels.available_backends()
 
 
 def test_module_argument_overrides_global_choice(monkeypatch):
@@ -46,48 +33,37 @@ def test_module_argument_overrides_global_choice(monkeypatch):
     assert calls == ["reference", None]
 
 
-@pytest.mark.parametrize("where", ["module", "set_backend", "functional"])
+REJECTERS = {
+    "backend argument": lambda: rnnkernels.LSTM(2, 3, backend="nope"),
+    "set_backend": lambda: rnnkernels.set_backend("nope"),
+    "set_default_backend": lambda: rnnkernels.set_default_backend("nope"),
+    "resolve": lambda: backends.resolve("nope", CPU_CALL),
+}
+
+
+@pytest.mark.parametrize("where", REJECTERS)
 def test_unknown_backend_name_is_rejected(where):
-    with pytest.raises(ValueError, match="unknown rnnkernels backend 'nope'.*'reference'"):
-        if where == "module":
-            rnnkernels.LSTM(2, 3, backend="nope")
-        elif where == "set_backend":
-            rnnkernels.set_backend("nope")
-        else:
-            backends.resolve("nope", "lstm", torch.empty(1))
-
-
-def test_environment_variable_sets_the_default():
-    code = "import rnnkernels; print(rnnkernels.get_backend())"
-    env = {**os.environ, "RNNKERNELS_BACKEND": "reference"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "reference", out.stderr
-
-
-def test_unknown_environment_variable_fails_at_first_call():
-    code = "import torch, rnnkernels; rnnkernels.GRU(2, 3)(torch.randn(4, 1, 2))"
-    env = {**os.environ, "RNNKERNELS_BACKEND": "nope"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0
-    assert "unknown rnnkernels backend 'nope' (from set_backend / RNNKERNELS_BACKEND)" in out.stderr
+    """Each way of naming a backend. (RNNKERNELS_BACKEND, checked at import: test_errors.py.)"""
+    source = "backend argument" if where == "resolve" else where
+    with pytest.raises(ValueError, match=rf"unknown rnnkernels backend 'nope' \(from {source}\)"):
+        REJECTERS[where]()
 
 
 def test_named_backend_that_cannot_run_says_why(monkeypatch):
     picky = backends.Backend(
         name="picky",
         description="runs only IndRNN, only on CUDA",
-        module="naive",
         unavailable=lambda: None,
-        cannot_run=lambda cell, x: None if cell == "indrnn" and x.is_cuda else "needs CUDA",
+        cannot_run=lambda call: (
+            None if call.cell == "indrnn" and call.device.type == "cuda" else "needs CUDA"
+        ),
     )
     monkeypatch.setitem(backends._REGISTRY, "picky", picky)
     with pytest.raises(
         rnnkernels.BackendError, match="backend 'picky' cannot run this lstm call: needs CUDA"
     ):
         rnnkernels.LSTM(2, 3, backend="picky")(torch.randn(4, 1, 2))
-    broken = backends.Backend(
-        "broken", "", "naive", lambda: "its library did not load", lambda c, x: None
-    )
+    broken = backends.Backend("broken", "", lambda: "its library did not load", lambda call: None)
     monkeypatch.setitem(backends._REGISTRY, "broken", broken)
     assert "broken" not in rnnkernels.available_backends()
     with pytest.raises(rnnkernels.BackendError, match="its library did not load"):
@@ -99,16 +75,14 @@ def test_named_backend_that_cannot_run_says_why(monkeypatch):
 )
 def test_cpp_backend_is_built():
     """A normal install builds the extension: its tests must not be skipped silently."""
-    assert "cpp" in rnnkernels.available_backends(), backends.why_not(
-        "cpp", "indrnn", torch.empty(0)
-    )
+    assert "cpp" in rnnkernels.available_backends(), backends.why_unavailable("cpp")
 
 
 @pytest.mark.parametrize("name", ["numba", "triton"])
 def test_python_backends_are_installed(name):
     """The test install has numba and triton (Triton's interpreter on CPU): their share of the
     suite must not be skipped silently."""
-    assert name in rnnkernels.available_backends(), backends.why_not(name, "gru", torch.empty(0))
+    assert name in rnnkernels.available_backends(), backends.why_unavailable(name)
 
 
 @pytest.mark.parametrize("name,extra", [("numba", "numba"), ("triton", "triton")])
@@ -133,7 +107,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 @pytest.mark.parametrize("name", ["numba", "cpp"])
 def test_cpu_backends_reject_other_dtypes(name):
     if name not in rnnkernels.available_backends():
-        pytest.skip(backends.why_not(name, "gru", torch.empty(0)))
+        pytest.skip(backends.why_unavailable(name))
     with pytest.raises(rnnkernels.BackendError, match="float32 and float64, got torch.float16"):
         rnnkernels.GRU(2, 3, backend=name, dtype=torch.float16)(
             torch.randn(4, 1, 2, dtype=torch.float16)

@@ -1,9 +1,11 @@
 """torch.library ops for one GRU layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The call was
-checked before the backend was chosen (rnnkernels.validation), so the kernels see well-formed
-tensors. An absent weight's gradient is an empty [0] tensor from the kernels to the autograd
-formula, which returns None for it (a custom op cannot return None).
+The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The
+forward also takes the selection the backend was resolved from (None when ``backend=`` named it),
+checked each time it runs (``backends.check_selection``: compiled code cannot follow
+``set_backend``). The call was checked before the backend was chosen (rnnkernels.validation), so
+the kernels see well-formed tensors. An absent weight's gradient is an empty [0] tensor from the
+kernels to the autograd formula, which returns None for it (a custom op cannot return None).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.backends import kernels
+from rnnkernels.backends import check_selection, kernels
 from rnnkernels.ops.steps import absent_grad, zeros_for_none
 
 
@@ -24,8 +26,10 @@ def gru_fwd(
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
+    selection: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> y [T,B,H], hT [B,H], gates [T,B,3H], hn [T,B,H] (see naive.gru_fwd)."""
+    check_selection(selection)
     return kernels(backend, "gru").gru_fwd(gx, w_hh, b_hh, h0, lengths, reverse)
 
 
@@ -50,7 +54,7 @@ def gru_bwd(
 
 
 @gru_fwd.register_fake
-def _fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend):
+def _fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend, selection=None):
     """Output shapes of gru_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
     return (
@@ -73,7 +77,7 @@ def _bwd_fake(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, b
 
 
 def _setup_context(ctx, inputs, output):
-    gx, w_hh, b_hh, h0, lengths, reverse, backend = inputs
+    gx, w_hh, b_hh, h0, lengths, reverse, backend, selection = inputs
     y, hT, gates, hn = output
     ctx.save_for_backward(w_hh, b_hh, h0, lengths, y, gates, hn)
     ctx.reverse, ctx.backend = reverse, backend
@@ -88,7 +92,7 @@ def _backward(ctx, grad_y, grad_hT, grad_gates, grad_hn):
     d_gx, d_w_hh, d_b_hh, d_h0 = gru_bwd(
         grad_y, grad_hT, w_hh, b_hh, h0, lengths, ctx.reverse, y, gates, hn, ctx.backend
     )
-    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None
+    return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None, None
 
 
 gru_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,9 +1,11 @@
 """torch.library ops for one IndRNN layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The call was
-checked before the backend was chosen (rnnkernels.validation), so the kernels see well-formed
-tensors. An absent weight's gradient is an empty [0] tensor from the kernels to the autograd
-formula, which returns None for it (a custom op cannot return None).
+The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The
+forward also takes the selection the backend was resolved from (None when ``backend=`` named it),
+checked each time it runs (``backends.check_selection``: compiled code cannot follow
+``set_backend``). The call was checked before the backend was chosen (rnnkernels.validation), so
+the kernels see well-formed tensors. An absent weight's gradient is an empty [0] tensor from the
+kernels to the autograd formula, which returns None for it (a custom op cannot return None).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.backends import kernels
+from rnnkernels.backends import check_selection, kernels
 
 
 @torch.library.custom_op("rnnkernels::indrnn_fwd", mutates_args=())
@@ -23,8 +25,10 @@ def indrnn_fwd(
     reverse: bool,
     nonlinearity: str,
     backend: str,
+    selection: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """-> y [T,B,H], hT [B,H] (see naive.indrnn_fwd)."""
+    check_selection(selection)
     return kernels(backend, "indrnn").indrnn_fwd(gx, u, h0, lengths, reverse, nonlinearity)
 
 
@@ -47,7 +51,7 @@ def indrnn_bwd(
 
 
 @indrnn_fwd.register_fake
-def _fwd_fake(gx, u, h0, lengths, reverse, nonlinearity, backend):
+def _fwd_fake(gx, u, h0, lengths, reverse, nonlinearity, backend, selection=None):
     """Output shapes of indrnn_fwd."""
     return gx.new_empty(gx.shape), h0.new_empty(h0.shape)
 
@@ -59,7 +63,7 @@ def _bwd_fake(grad_y, grad_hT, u, h0, lengths, reverse, nonlinearity, y, backend
 
 
 def _setup_context(ctx, inputs, output):
-    gx, u, h0, lengths, reverse, nonlinearity, backend = inputs
+    gx, u, h0, lengths, reverse, nonlinearity, backend, selection = inputs
     y, hT = output
     ctx.save_for_backward(u, h0, lengths, y)
     ctx.reverse, ctx.nonlinearity, ctx.backend = reverse, nonlinearity, backend
@@ -70,7 +74,7 @@ def _backward(ctx, grad_y, grad_hT):
     d_gx, d_u, d_h0 = indrnn_bwd(
         grad_y, grad_hT, u, h0, lengths, ctx.reverse, ctx.nonlinearity, y, ctx.backend
     )
-    return d_gx, d_u, d_h0, None, None, None, None
+    return d_gx, d_u, d_h0, None, None, None, None, None
 
 
 indrnn_fwd.register_autograd(_backward, setup_context=_setup_context)

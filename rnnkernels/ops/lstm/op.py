@@ -1,9 +1,11 @@
 """torch.library ops for one LSTM layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The call was
-checked before the backend was chosen (rnnkernels.validation), so the kernels see well-formed
-tensors. An absent weight's gradient is an empty [0] tensor from the kernels to the autograd
-formula, which returns None for it (a custom op cannot return None).
+The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The
+forward also takes the selection the backend was resolved from (None when ``backend=`` named it),
+checked each time it runs (``backends.check_selection``: compiled code cannot follow
+``set_backend``). The call was checked before the backend was chosen (rnnkernels.validation), so
+the kernels see well-formed tensors. An absent weight's gradient is an empty [0] tensor from the
+kernels to the autograd formula, which returns None for it (a custom op cannot return None).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkernels.backends import kernels
+from rnnkernels.backends import check_selection, kernels
 from rnnkernels.ops.steps import absent_grad, zeros_for_none
 
 
@@ -25,8 +27,10 @@ def lstm_fwd(
     lengths: Tensor | None,
     reverse: bool,
     backend: str,
+    selection: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> y [T,B,R], hT [B,R], cT [B,H], gates [T,B,4H], cells [T,B,H] (see naive.lstm_fwd)."""
+    check_selection(selection)
     return kernels(backend, "lstm").lstm_fwd(gx, w_hh, w_hr, h0, c0, lengths, reverse)
 
 
@@ -53,7 +57,7 @@ def lstm_bwd(
 
 
 @lstm_fwd.register_fake
-def _fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend):
+def _fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend, selection=None):
     """Output shapes of lstm_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], c0.shape[1]
     R = h0.shape[1]
@@ -81,7 +85,7 @@ def _bwd_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    gx, w_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
+    gx, w_hh, w_hr, h0, c0, lengths, reverse, backend, selection = inputs
     y, hT, cT, gates, cells = output
     ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
     ctx.reverse, ctx.backend = reverse, backend
@@ -98,7 +102,7 @@ def _backward(ctx, grad_y, grad_hT, grad_cT, grad_gates, grad_cells):
         grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, cells,
         ctx.backend,
     )  # fmt: skip
-    return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0, None, None, None
+    return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0, None, None, None, None
 
 
 lstm_fwd.register_autograd(_backward, setup_context=_setup_context)
