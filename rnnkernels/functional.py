@@ -9,6 +9,7 @@ backend is chosen, whether it comes from a module or straight to these functions
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,12 @@ from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.lstm.op import lstm_fwd
 from rnnkernels.validation import check_call, check_indrnn_options, reported
+from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
 
-# The recurrence of one direction of one layer: (gx [T,B,G*H], initial states, weights,
+# The recurrence of one direction of one layer: (gx [T,B,G*H], initial states, its weights,
 # lengths, reverse, backend, selection) -> (y [T,B,*], final states).
 Direction = Callable[
-    [Tensor, tuple[Tensor, ...], Sequence[Tensor | None], Tensor | None, bool, str, str | None],
+    [Tensor, tuple[Tensor, ...], Any, Tensor | None, bool, str, str | None],
     tuple[Tensor, tuple[Tensor, ...]],
 ]
 
@@ -44,10 +46,11 @@ def lstm(
     input_size: int | None = None,
     proj_size: int | None = None,
 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
-    """``nn.LSTM``'s forward. ``weights[layer * D + direction]`` is
-    ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` with None for absent biases / projection; in errors they
-    have torch's names (``weight_hh_l1_reverse``). ``input_size`` / ``proj_size``: the sizes the
-    weights must have (default: the input's feature size, weight_hr_l0's rows).
+    """``nn.LSTM``'s forward. ``weights[layer * D + direction]`` is an ``LSTMWeights`` (or a
+    plain tuple ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``), None for absent biases
+    / projection; errors name them as torch does (``weight_hh_l1_reverse``). ``input_size`` /
+    ``proj_size``: the sizes the weights must have (default: the input's feature size,
+    weight_hr_l0's rows).
     Returns ``output, (h_n, c_n)``."""
     if hx is not None and not isinstance(hx, (tuple, list)):
         raise TypeError(
@@ -57,7 +60,7 @@ def lstm(
         raise RuntimeError("lstm expects two hidden states")
     reported(lambda: check_call("lstm", input, hx, weights, hidden_size, num_layers,
                                 bidirectional, batch_first, input_size, proj_size))  # fmt: skip
-    w_hr = weights[0][4]
+    w_hr = LSTMWeights(*weights[0]).weight_hr
     state_sizes = (w_hr.shape[0] if w_hr is not None else hidden_size, hidden_size)
     output, states = _stack(
         "lstm", _lstm_direction, input, None if hx is None else tuple(hx), state_sizes, weights,
@@ -80,8 +83,8 @@ def gru(
     *,
     input_size: int | None = None,
 ) -> tuple[Tensor | PackedSequence, Tensor]:
-    """``nn.GRU``'s forward. ``weights[layer * D + direction]`` is ``(w_ih, w_hh, b_ih, b_hh)``
-    with None for absent biases (see ``lstm`` for their names and ``input_size``).
+    """``nn.GRU``'s forward. ``weights[layer * D + direction]`` is a ``GRUWeights`` (or a plain
+    tuple ``(weight_ih, weight_hh, bias_ih, bias_hh)``), None for absent biases (see ``lstm``).
     Returns ``output, h_n``."""
     states = None if hx is None else (hx,)
     reported(lambda: check_call("gru", input, states, weights, hidden_size, num_layers,
@@ -110,16 +113,17 @@ def indrnn(
     input_size: int | None = None,
 ) -> tuple[Tensor | PackedSequence, Tensor]:
     """IndRNN (Li et al. 2018): ``h_t = act(x_t W_ih^T + b_ih + b_hh + u * h_{t-1})``.
-    ``weights[layer * D + direction]`` is ``(w_ih, u, b_ih, b_hh)`` (``u``: ``weight_hh_l{k}``,
-    [H]); ``u`` is clamped to ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set.
+    ``weights[layer * D + direction]`` is an ``IndRNNWeights`` (or a plain tuple
+    ``(weight_ih, weight_hh, bias_ih, bias_hh)``; ``weight_hh`` is ``u`` [H]); ``u`` is clamped to
+    ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set.
     Returns ``output, h_n``."""
     reported(lambda: check_indrnn_options(nonlinearity, recurrent_max_abs))
     states = None if hx is None else (hx,)
     reported(lambda: check_call("indrnn", input, states, weights, hidden_size, num_layers,
                                 bidirectional, batch_first, input_size, None))  # fmt: skip
 
-    def direction(gx, states, layer_weights, lengths, reverse, backend, selection):
-        u = layer_weights[1]
+    def direction(gx, states, w: IndRNNWeights, lengths, reverse, backend, selection):
+        u = w.weight_hh
         if recurrent_max_abs is not None:
             u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
         y, hT = indrnn_fwd(gx, u, states[0], lengths, reverse, nonlinearity, backend, selection)
@@ -132,17 +136,17 @@ def indrnn(
     return output, states[0]
 
 
-def _lstm_direction(gx, states, layer_weights, lengths, reverse, backend, selection):
-    w_hh, w_hr = layer_weights[1], layer_weights[4]
+def _lstm_direction(gx, states, w: LSTMWeights, lengths, reverse, backend, selection):
+    h0, c0 = states
     y, hT, cT, _, _ = lstm_fwd(
-        gx, w_hh, w_hr, states[0], states[1], lengths, reverse, backend, selection
+        gx, w.weight_hh, w.weight_hr, h0, c0, lengths, reverse, backend, selection
     )
     return y, (hT, cT)
 
 
-def _gru_direction(gx, states, layer_weights, lengths, reverse, backend, selection):
-    w_hh, b_hh = layer_weights[1], layer_weights[3]
-    y, hT, _, _ = gru_fwd(gx, w_hh, b_hh, states[0], lengths, reverse, backend, selection)
+def _gru_direction(gx, states, w: GRUWeights, lengths, reverse, backend, selection):
+    y, hT, _, _ = gru_fwd(gx, w.weight_hh, w.bias_hh, states[0], lengths, reverse, backend,
+                          selection)  # fmt: skip
     return y, (hT,)
 
 
@@ -172,17 +176,16 @@ def _stack(
     R, H = state_sizes[0], state_sizes[-1]  # LSTM (R, H), the others (H,)
     name = reported(lambda: resolve(backend, LayerCall(cell, x.device, x.dtype, layout.B, H, R)))
     selection = get_backend() if backend is None else None  # checked again when the ops run
+    layer_weights = [WEIGHTS[cell](*entry) for entry in weights]
     finals: list[tuple[Tensor, ...]] = []
     for layer in range(num_layers):
         outputs = []
         for d in range(D):
             index = layer * D + d
             states = tuple(h[index] for h in hx)
-            w_ih, _, b_ih, b_hh = weights[index][:4]
-            if cell != "gru" and b_ih is not None:  # GRU keeps b_hh inside r * (...)
-                b_ih = b_ih + b_hh
-            gx = layout.padded(F.linear(x, w_ih, b_ih))  # one GEMM over all time steps
-            y, final = direction(gx, states, weights[index], lengths, d == 1, name, selection)
+            w = layer_weights[index]
+            gx = layout.padded(F.linear(x, w.weight_ih, w.input_bias()))  # one GEMM, all steps
+            y, final = direction(gx, states, w, lengths, d == 1, name, selection)
             outputs.append(layout.unpadded(y))
             finals.append(final)
         x = torch.cat(outputs, -1) if D == 2 else outputs[0]

@@ -17,8 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels import backends, functional
 from rnnkernels.validation import check_indrnn_options
-
-_GATES = {"LSTM": 4, "GRU": 3, "IndRNN": 1}
+from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
 
 
 class _RecurrentBase(nn.Module):
@@ -53,7 +52,7 @@ class _RecurrentBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = backend
-        gate_size = _GATES[self.mode] * hidden_size
+        gate_size = backends.GATES[self.mode.lower()] * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names: list[str] = []
@@ -94,14 +93,14 @@ class _RecurrentBase(nn.Module):
         w = self._flat_weights
         return [w[i : i + per_layer] for i in range(0, len(w), per_layer)]
 
-    def _layer_weights(self) -> list[tuple[Tensor | None, ...]]:
-        """Per layer and direction: (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
-        result = []
-        for layer in range(self.num_layers):
-            for suffix in ("", "_reverse") if self.bidirectional else ("",):
-                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-                result.append(tuple(getattr(self, f"{n}_l{layer}{suffix}", None) for n in names))
-        return result
+    def _layer_weights(self) -> list[LSTMWeights | GRUWeights | IndRNNWeights]:
+        """Per layer and direction, its weights (None where absent), read once per call."""
+        weights = WEIGHTS[self.mode.lower()]
+        return [
+            weights(*(getattr(self, f"{name}_l{layer}{suffix}", None) for name in weights._fields))
+            for layer in range(self.num_layers)
+            for suffix in (("", "_reverse") if self.bidirectional else ("",))
+        ]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -127,25 +126,6 @@ class LSTM(_RecurrentBase):
     ``backend=`` (None: the selection in force, see ``rnnkernels.set_backend``)."""
 
     mode = "LSTM"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            proj_size, device, dtype, backend,
-        )  # fmt: skip
 
     def forward(
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
@@ -190,9 +170,9 @@ class GRU(_RecurrentBase):
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         return functional.gru(
-            input, hx, [w[:4] for w in self._layer_weights()], self.hidden_size,
-            self.num_layers, self.bidirectional, self.batch_first, self.dropout, self.training,
-            self.backend, input_size=self.input_size,
+            input, hx, self._layer_weights(), self.hidden_size, self.num_layers,
+            self.bidirectional, self.batch_first, self.dropout, self.training, self.backend,
+            input_size=self.input_size,
         )  # fmt: skip
 
 
@@ -250,10 +230,9 @@ class IndRNN(_RecurrentBase):
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         return functional.indrnn(
-            input, hx, [w[:4] for w in self._layer_weights()], self.hidden_size,
-            self.num_layers, self.nonlinearity, self.bidirectional, self.batch_first,
-            self.dropout, self.training, self.recurrent_max_abs, self.backend,
-            input_size=self.input_size,
+            input, hx, self._layer_weights(), self.hidden_size, self.num_layers, self.nonlinearity,
+            self.bidirectional, self.batch_first, self.dropout, self.training,
+            self.recurrent_max_abs, self.backend, input_size=self.input_size,
         )  # fmt: skip
 
 

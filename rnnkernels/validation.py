@@ -24,14 +24,9 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels.backends import GATES, BackendError
+from rnnkernels.weights import WEIGHTS
 
 MODES = {"lstm": "LSTM", "gru": "GRU", "indrnn": "IndRNN"}  # the modules' names, for messages
-# The names of one layer's weights, in the order of functional's weight tuples (torch's names).
-WEIGHT_NAMES = {
-    "lstm": ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"),
-    "gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
-    "indrnn": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
-}
 
 
 _ERRORS = {error.__name__: error for error in (ValueError, TypeError, RuntimeError, BackendError)}
@@ -107,7 +102,7 @@ def _layer_weights(
     cell: str, weights: Sequence[Sequence[Tensor | None]], num_layers: int, D: int
 ) -> list[dict[str, Tensor | None]]:
     """Per layer and direction, torch's name of each weight (``weight_hh_l1_reverse``) -> it."""
-    names, count = WEIGHT_NAMES[cell], num_layers * D
+    names, count = WEIGHTS[cell]._fields, num_layers * D
     if not isinstance(weights, Sequence) or len(weights) != count:
         got = len(weights) if isinstance(weights, Sequence) else type(weights).__name__
         raise ValueError(
@@ -274,7 +269,7 @@ def _check_weights(
 def _expected_shapes(
     cell: str, layer: int, input_size: int, gate_rows: int, H: int, R: int, D: int
 ) -> tuple[tuple[int, ...] | None, ...]:
-    """The shapes of one layer's weights, in WEIGHT_NAMES order (None: must be absent)."""
+    """The shapes of one layer's weights, in ``WEIGHTS[cell]`` order (None: must be absent)."""
     layer_input = input_size if layer == 0 else R * D
     hh = (gate_rows,) if cell == "indrnn" else (gate_rows, R)
     shapes = ((gate_rows, layer_input), hh, (gate_rows,), (gate_rows,))
