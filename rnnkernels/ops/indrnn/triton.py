@@ -117,7 +117,8 @@ def _blocks(B: int, H: int) -> tuple[int, int]:
     """(BLOCK_B, BLOCK_H): up to 128 hidden units across a tile, then rows up to 256 elements.
     Small tiles give many programs, each a long serial loop over T."""
     block_h = min(128, triton.next_power_of_2(H))
-    return min(triton.next_power_of_2(B), max(1, 256 // block_h)), block_h
+    # B = 0 (an empty batch) launches no program; next_power_of_2(0) is 0, a block of none
+    return min(triton.next_power_of_2(max(B, 1)), max(1, 256 // block_h)), block_h
 
 
 def _prepare(
