@@ -5,7 +5,8 @@
 Registration is through the torch dispatcher (TORCH_LIBRARY in csrc/torch/ops.cpp), not pybind11:
 it compiles fast and torch.compile can trace the ops. Set RNNKERNELS_NATIVE=1 to build with
 -march=native for this machine only (the default build runs on any x86-64), and
-RNNKERNELS_NO_EXTENSION=1 to install the pure-Python package without compiling.
+RNNKERNELS_NO_EXTENSION=1 to install the pure-Python package without compiling. The compiler
+flags are those of csrc/flags.txt, which CMakeLists.txt reads too.
 """
 
 import glob
@@ -16,6 +17,19 @@ import subprocess
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+NATIVE = os.environ.get("RNNKERNELS_NATIVE") == "1"
+OPT = "-O3 -g0"  # GCC 12 vectorises only trivially-counted loops at -O2
+KERNELS = sorted(glob.glob("csrc/cpu/*.cpp"))  # the library for C++ users (CMakeLists.txt)
+REGISTRATION = sorted(glob.glob("csrc/torch/*.cpp"))  # the ops and PyInit__C: the extension only
+
+
+def flags() -> list[str]:
+    """-O3 -g0, then the flags of csrc/flags.txt (its "native:" ones with RNNKERNELS_NATIVE=1)."""
+    with open(os.path.join(ROOT, "csrc", "flags.txt")) as f:
+        lines = [line.strip() for line in f]
+    if NATIVE:
+        lines = [line.removeprefix("native:").strip() for line in lines]
+    return OPT.split() + [line for line in lines if line.startswith("-")]
 
 
 def extensions():
@@ -25,45 +39,41 @@ def extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     class BuildExtensionAndCMakePackage(BuildExtension):
-        """Also builds the C++ library for C++ users (CMakeLists.txt: the kernels without the op
-        registration) and installs it into the package the way torch ships libtorch: lib/,
-        include/, share/cmake/ = rnnkernels.cmake_prefix_path. Skipped without cmake or with
-        RNNKERNELS_NO_CMAKE_PACKAGE=1."""
+        """First builds the C++ library for C++ users with CMake (CMakeLists.txt: the kernels
+        without the op registration) and installs it into the package the way torch ships
+        libtorch: lib/, include/, share/cmake/ = rnnkernels.cmake_prefix_path. The extension then
+        compiles only csrc/torch/ and links that library (RUNPATH $ORIGIN/lib), so each kernel is
+        compiled once. Without cmake, or with RNNKERNELS_NO_CMAKE_PACKAGE=1, the extension
+        compiles the kernels itself and the install has no CMake package."""
 
         def run(self):
-            super().run()
             cmake = shutil.which("cmake")
             if cmake is None or os.environ.get("RNNKERNELS_NO_CMAKE_PACKAGE") == "1":
                 print("rnnkernels: no cmake, so no CMake package for C++ users in this install")
-                return
+                return super().run()
             in_source = self.inplace or getattr(self, "editable_mode", False)
             package = os.path.join(ROOT if in_source else self.build_lib, "rnnkernels")
             build = os.path.join(self.build_temp, "cmake")
-            native = "ON" if os.environ.get("RNNKERNELS_NATIVE") == "1" else "OFF"
             subprocess.check_call([
                 cmake, "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-                "-DCMAKE_CXX_FLAGS_RELEASE=-O3 -g0 -DNDEBUG", f"-DRNNKERNELS_NATIVE={native}",
+                f"-DCMAKE_CXX_FLAGS_RELEASE={OPT} -DNDEBUG", f"-DRNNKERNELS_NATIVE={int(NATIVE)}",
                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
                 "-DRNNKERNELS_SOVERSION=OFF", "-DRNNKERNELS_INSTALL_RPATH=$ORIGIN/../../torch/lib",
             ])  # fmt: skip
             subprocess.check_call([cmake, "--build", build, "--parallel"])
             subprocess.check_call([cmake, "--install", build, "--prefix", package])
+            for ext in self.extensions:
+                ext.sources = REGISTRATION
+                ext.library_dirs.append(os.path.join(package, "lib"))
+                ext.libraries.append("rnnkernels")
+                ext.extra_link_args.append("-Wl,-rpath,$ORIGIN/lib")
+            super().run()
 
-    # -O3: GCC 12 vectorises only trivially-counted loops at -O2. No -ffast-math: it breaks NaN
-    # propagation. -fno-trapping-math lets selects if-convert (FP flags only, values unchanged);
-    # -ffp-contract=off keeps a*b+c rounded as torch's eager ops round it. -fopenmp: ATen's
-    # at::parallel_for is inline OpenMP, serial when compiled without it; compile-only, so its
-    # GOMP calls bind to the OpenMP runtime torch loaded (one thread pool in the process).
-    flags = ["-O3", "-g0"]
-    flags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
-    if os.environ.get("RNNKERNELS_NATIVE") == "1":
-        flags.append("-march=native")
-    sources = sorted(glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/torch/*.cpp"))
     ext = CppExtension(
         "rnnkernels._C",
-        sources,
+        KERNELS + REGISTRATION,
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
-        extra_compile_args=flags,
+        extra_compile_args=flags(),
     )
     return [ext], {"build_ext": BuildExtensionAndCMakePackage.with_options(use_ninja=True)}
 
