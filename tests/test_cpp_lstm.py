@@ -1,5 +1,9 @@
 """The C++ LSTM kernels beyond the shared suites: threaded shapes, determinism, NaN/Inf, long T."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -173,3 +177,24 @@ def test_denormal_gradients_flush_to_zero_in_batch_chunks():
     assert ((d_gx == 0) | (d_gx.abs() >= tiny)).all()  # no denormals written
     assert d_gx[-1].ne(0).any() and d_gx[:100].eq(0).all()
     assert (torch.tensor([1e-38]) / 100).item() != 0.0  # caller's FP mode restored (no FTZ)
+
+
+THREADS_SCRIPT = """
+import os, torch, rnnkernels
+before = torch.get_num_threads()  # never set: MKL's count follows OpenMP's
+for cell in (rnnkernels.LSTM, rnnkernels.GRU):
+    out, _ = cell(3, 4, backend="cpp")(torch.randn(5, 2, 3))
+    out.sum().backward()
+    assert torch.get_num_threads() == before, (cell.__name__, before, torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to see a count drop to 1")
+def test_caller_thread_count_unchanged():
+    """MKL's sgemm_ under a thread-local count of 1 (small steps run on one BLAS thread) set the
+    calling thread's OpenMP count to 1 and left it, when the process had never set a count: every
+    later torch op on the thread ran on one thread. A fresh interpreter, so nothing set one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -12,6 +12,9 @@
 #include <optional>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__SSE__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define RNNKERNELS_HAVE_MXCSR 1
@@ -81,14 +84,24 @@ inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // Small step GEMMs run faster on one thread than split (a fork/join per step costs more than it
 // saves, and stalls when the other core is busy). While alive and `one` is set, this thread's BLAS
-// calls use one thread; release() (or the destructor) restores the caller's setting.
+// calls use one thread; release() (or the destructor) restores the caller's setting. MKL's sgemm_
+// under a local count of 1 also sets this thread's OpenMP count (torch.get_num_threads()) to 1
+// and leaves it so: that is restored too, or every later torch op on the thread ran on one.
 struct OneBlasThread {
-  int saved = -1;
+  int saved = -1, openmp_threads = -1;
   explicit OneBlasThread(bool one) {
-    if (one && MKL_Set_Num_Threads_Local) saved = MKL_Set_Num_Threads_Local(1);
+    if (!one || !MKL_Set_Num_Threads_Local) return;
+#ifdef _OPENMP
+    openmp_threads = omp_get_max_threads();
+#endif
+    saved = MKL_Set_Num_Threads_Local(1);
   }
   void release() {
-    if (saved >= 0) MKL_Set_Num_Threads_Local(saved);
+    if (saved < 0) return;
+    MKL_Set_Num_Threads_Local(saved);
+#ifdef _OPENMP
+    omp_set_num_threads(openmp_threads);
+#endif
     saved = -1;
   }
   ~OneBlasThread() { release(); }
