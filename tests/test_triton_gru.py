@@ -5,7 +5,6 @@ interpreter; the same tests run on a GPU."""
 import pytest
 import torch
 
-from rnnkernels.backends import BackendError
 from rnnkernels.ops.gru import naive
 from rnnkernels.testing import TOLERANCES, assert_close, needs
 
@@ -113,19 +112,3 @@ def test_nan_in_weights_does_not_reach_empty_sequences():
     w_hh[7, 2] = float("nan")
     y, hT, *_, d_h0 = run_layer(kernels(), (gx, w_hh, b_hh, h0, lengths, reverse))
     assert torch.equal(hT[1], h0[1]) and d_h0[1].isfinite().all() and (y[:, 1] == 0).all()
-
-
-@pytest.mark.parametrize(
-    "B,H,what", [(2**20, 1024, "one time step of gx"), (1, 27000, "w_hh")], ids=["gx", "w_hh"]
-)
-def test_beyond_the_int32_index_limit_raises(B, H, what):
-    """Checked before anything is allocated (these tensors are broadcast views of one element)."""
-    T = 2
-    gx = torch.zeros(1, 1, 1, device=DEVICE).expand(T, B, 3 * H)
-    w_hh = torch.zeros(1, 1, device=DEVICE).expand(3 * H, H)
-    h0 = torch.zeros(1, 1, device=DEVICE).expand(B, H)
-    with pytest.raises(BackendError, match=f"{what}.*int32 index limit"):
-        kernels().gru_fwd(gx, w_hh, None, h0, None, False)
-    y = torch.zeros(1, 1, 1, device=DEVICE).expand(T, B, H)
-    with pytest.raises(BackendError, match=f"{what}.*int32 index limit"):
-        kernels().gru_bwd(y, h0, w_hh, None, h0, None, False, y, gx, y)

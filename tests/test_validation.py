@@ -192,3 +192,38 @@ def test_cpp_meta_kernels_give_the_output_shapes():
     grads = ops.gru_bwd(*(torch.empty(s, **m) for s in before), None, torch.empty(B, H, **m),
                         None, False, *(torch.empty(s, **m) for s in after))  # fmt: skip
     assert [g.shape for g in grads] == [(T, B, 3 * H), (3 * H, H), (0,), (B, H)]
+
+
+def _views(*shape: int) -> torch.Tensor:
+    """A broadcast view of one element: any size, nothing allocated."""
+    return torch.zeros((1,) * len(shape)).expand(*shape)
+
+
+@pytest.mark.parametrize(
+    "cell,B,H,what",
+    [
+        ("lstm", 1, 23171, "w_hh"),  # 4H * H > 2**31 - 1
+        ("gru", 2**20, 1024, "one time step of gx"),
+        ("gru", 1, 27000, "w_hh"),
+        ("indrnn", 2**20, 2**11, "one time step of gx"),
+    ],
+)
+def test_triton_size_limit_refused_before_anything_runs(cell, B, H, what):
+    """A call beyond Triton's int32 indexing, asked of triton by name, raises BackendError saying
+    so before anything is allocated or launched."""
+    if "triton" not in rnnkernels.available_backends():
+        pytest.skip(rnnkernels.backends.why_unavailable("triton"))
+    G, I, T = {"lstm": 4, "gru": 3, "indrnn": 1}[cell], 2, 2
+    w_hh = _views(G * H) if cell == "indrnn" else _views(G * H, H)
+    weights = [(_views(G * H, I), w_hh, None, None) + ((None,) if cell == "lstm" else ())]
+    hx = _views(1, B, H)
+    hx = (hx, hx) if cell == "lstm" else hx
+    call = getattr(functional, cell)
+    with pytest.raises(rnnkernels.BackendError, match=f"{what} has .* int32 index limit"):
+        call(_views(T, B, I), hx, weights, H, backend="triton")
+
+
+def test_functional_indrnn_nonlinearity_is_checked():
+    weights = [(torch.randn(3, 2), torch.rand(3), None, None)]
+    with pytest.raises(ValueError, match="^Unknown nonlinearity 'sigmoid'. Select from 'tanh'"):
+        functional.indrnn(torch.randn(4, 1, 2), None, weights, 3, nonlinearity="sigmoid")

@@ -1,7 +1,19 @@
 """What every Triton kernel of the package shares: activations that also run in Triton's
-interpreter, the precision of fp32 dots, tile loads, the split of a batch tile's hidden tiles
-across programs with a barrier between the phases of a step, and the choice between streaming
-the recurrent weights every step and keeping each program's slice of them on chip."""
+interpreter, the precision of fp32 dots, tile loads and dots, the prologue of a kernel whose
+batch tile's hidden tiles are split across programs with a barrier between the phases of a step,
+and the choice between streaming the recurrent weights every step and keeping each program's
+slice of them on chip.
+
+Names in the kernels (flash-linear-attention's scheme): a tensor argument is a base pointer
+named as the tensor (``gx``, ``w_hh``); ``p_`` is a pointer into one (``p_gx``: step t of
+``gx``), ``b_`` a block of values in registers (``b_c``), ``m_`` a mask (``m_b``: the rows in the
+batch, ``m_t``: the rows whose sequence runs at step t), ``o_`` a block of offsets or indices
+(``o_b``: the batch rows, ``o_h``: a tile's hidden units, ``o_g`` / ``o_y``: a tile in [B, G*H] /
+[B, R]), ``i_`` a scalar index (``i_t``: the time step, ``i_h``: a tile's first hidden unit);
+``_prev`` / ``_next`` mark what a step reads / writes for the next; sizes, strides and counts are
+plain (``H``, ``n_arrivals``); constexprs, dtypes included, are in capitals (``BLOCK_H``, ``ACC``:
+the accumulator dtype). An absent tensor is passed as None and a constexpr flag (``HAS_PROJ``,
+``HAS_BIAS``) guards every use of it. Shapes in comments: [BLOCK_B, BLOCK_H]."""
 
 from __future__ import annotations
 
@@ -39,35 +51,58 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @triton.jit
-def load_rows(a, a_rows, row_mask, K, BLOCK_K: tl.constexpr):
-    """The [BB, BLOCK_K] tile a[r, k] at ``a + a_rows[r] + k`` ([BB, 1] int64 offsets), zero
-    for k >= K and for masked rows."""
-    ks = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]  # [1, BK]
-    return tl.load(a + a_rows + ks, mask=row_mask & (ks < K), other=0)
+def load_rows(x, o_bx, m_b, K, BLOCK_K: tl.constexpr):
+    """The [BLOCK_B, BLOCK_K] block x[r, k] at ``x + o_bx[r] + k`` (o_bx: [BLOCK_B, 1]), zero for
+    k >= K and for masked rows."""
+    o_k = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]  # [1, BLOCK_K]
+    return tl.load(x + o_bx + o_k, mask=m_b & (o_k < K), other=0)
 
 
 @triton.jit
-def load_weights(w, w_cols, col_mask, k_stride, K, BLOCK_K: tl.constexpr):
-    """The [BLOCK_K, BN] tile w[k, n] at ``w + k * k_stride + w_cols[n]`` ([1, BN] int64
-    offsets), zero for k >= K and for masked columns."""
-    ks = tl.arange(0, BLOCK_K).to(tl.int64)[:, None]  # [BK, 1]
-    return tl.load(w + ks * k_stride + w_cols, mask=(ks < K) & col_mask, other=0)
+def load_weights(w, o_w, m_w, k_stride, K, BLOCK_K: tl.constexpr):
+    """The [BLOCK_K, BLOCK_H] block w[k, n] at ``w + k * k_stride + o_w[n]`` (o_w: [1, BLOCK_H]),
+    zero for k >= K and for masked columns."""
+    o_k = tl.arange(0, BLOCK_K).to(tl.int64)[:, None]  # [BLOCK_K, 1]
+    return tl.load(w + o_k * k_stride + o_w, mask=(o_k < K) & m_w, other=0)
 
 
 @triton.jit
-def dot_rows(acc, a, a_rows, row_mask, K, w_slice, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc`` plus the rows' first ``K`` elements (``load_rows``) times a [BLOCK_K, BN] weight
-    slice held on chip, accumulated in ``acc``'s dtype."""
-    rows = load_rows(a, a_rows, row_mask, K, BLOCK_K)  # [BB, BK]
-    return tl.dot(rows, w_slice, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+def dot_on_chip(b_acc, x, o_bx, m_b, K, b_w, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``b_acc`` plus the rows' first ``K`` elements (``load_rows``) times a [BLOCK_K, BLOCK_H]
+    weight slice ``b_w`` held on chip, accumulated in ``b_acc``'s dtype."""
+    b_x = load_rows(x, o_bx, m_b, K, BLOCK_K)  # [BLOCK_B, BLOCK_K]
+    return tl.dot(b_x, b_w, b_acc, input_precision=PRECISION, out_dtype=b_acc.dtype)
 
 
 @triton.jit
-def step_barrier(arrivals_ptr, arrivals, SPLIT: tl.constexpr):
+def split_prologue(
+    lengths,
+    arrivals,
+    B,
+    INDEX: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The prologue of a kernel launched by ``launch_split``: its batch tile's rows ``o_b``
+    [BLOCK_B] in the dtype ``INDEX``, the first hidden unit ``i_first`` of its first tile (its
+    next tiles every SPLIT * BLOCK_H units), its batch tile's counter ``p_arrivals`` for
+    ``step_barrier``, the rows' lengths ``b_length`` [BLOCK_B] (0 past the batch) and which rows
+    are in the batch ``m_b`` [BLOCK_B, 1]."""
+    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
+    o_b = tl.program_id(0).to(INDEX) * BLOCK_B + tl.arange(0, BLOCK_B)
+    i_first = tl.program_id(1) * BLOCK_H
+    p_arrivals = arrivals + tl.program_id(0)
+    b_length = tl.load(lengths + o_b, mask=o_b < B, other=0)
+    return o_b, i_first, p_arrivals, b_length, (o_b < B)[:, None]
+
+
+@triton.jit
+def step_barrier(p_arrivals, n_arrivals, SPLIT: tl.constexpr):
     """Ends a phase of a time step. Every thread of this program has made its writes
     (``debug_barrier``, a CTA barrier); with SPLIT > 1 programs sharing a batch tile, every one of
-    them has too: each adds 1 to the tile's counter at ``arrivals_ptr`` with release semantics
-    after its writes, then waits until the counter reaches ``arrivals`` (SPLIT times the number
+    them has too: each adds 1 to the tile's counter at ``p_arrivals`` with release semantics
+    after its writes, then waits until the counter reaches ``n_arrivals`` (SPLIT times the number
     of phases so far) with acquire semantics. One thread of each program does the atomics; the
     CTA barriers around them order every thread's accesses (PTX memory model: the release/acquire
     pair at gpu scope makes the other programs' writes visible to this program's later reads,
@@ -75,8 +110,8 @@ def step_barrier(arrivals_ptr, arrivals, SPLIT: tl.constexpr):
     is cooperative (``cooperative``), and ``split_programs`` asks for at most one per SM."""
     tl.debug_barrier()
     if SPLIT > 1:
-        tl.atomic_add(arrivals_ptr, 1, sem="release", scope="gpu")
-        while tl.atomic_add(arrivals_ptr, 0, sem="acquire", scope="gpu") < arrivals:
+        tl.atomic_add(p_arrivals, 1, sem="release", scope="gpu")
+        while tl.atomic_add(p_arrivals, 0, sem="acquire", scope="gpu") < n_arrivals:
             pass
         tl.debug_barrier()
 
@@ -95,6 +130,19 @@ def split_programs(device: torch.device, batch_programs: int, tiles: int, phases
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     split = max(1, min(tiles, sms // batch_programs, MAX_SPLIT))
     return split if phases * split <= TRITON_INDEX_LIMIT else 1
+
+
+def block_size(n: int, limit: int = 2**31) -> int:
+    """A power of two from 16 (tl.dot's minimum) covering ``n``, up to ``limit``."""
+    return max(16, min(limit, triton.next_power_of_2(n)))
+
+
+def double_buffer(first: torch.Tensor) -> torch.Tensor:
+    """Scratch [2, *first.shape] in the accumulator dtype for a state indexed by step parity;
+    slot 0 holds ``first``."""
+    state = first.new_empty(2, *first.shape, dtype=accumulator_dtype(first.dtype))
+    state[0] = first
+    return state
 
 
 def cooperative(split: int) -> dict:

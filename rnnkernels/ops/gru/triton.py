@@ -1,8 +1,9 @@
-"""GRU layer kernels in Triton (CUDA; CPU tensors under TRITON_INTERPRET=1).
+"""GRU layer kernels in Triton (CUDA; CPU tensors under TRITON_INTERPRET=1). Names: triton_common's
+docstring.
 
 Same signatures and returns as naive.py. The grid is (batch tiles of BLOCK_B rows, SPLIT programs
 per batch tile); the SPLIT programs of a batch tile run the whole time loop together, each on its
-own hidden tiles (j = part * BLOCK_H, then every SPLIT * BLOCK_H), with ``step_barrier`` ending
+own hidden tiles (i_h = part * BLOCK_H, then every SPLIT * BLOCK_H), with ``step_barrier`` ending
 each phase whose results the others read. W_hh is streamed from global memory (L2) every step, so
 no hidden size is too large for the chip; or, with STATIONARY, each program has one hidden tile
 and loads its slice of W_hh once, before the time loop (triton_common.launch_split decides).
@@ -20,84 +21,94 @@ from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, wei
 from rnnkernels.ops.triton_common import (
     ON_CHIP_BLOCK_H,
     accumulator_dtype,
-    dot_rows,
+    block_size,
+    dot_on_chip,
+    double_buffer,
     launch_split,
     load_rows,
     load_weights,
     sigmoid,
+    split_prologue,
     step_barrier,
     tanh,
 )
 
+# Largest blocks (measured on an H200, README.md): 16 batch rows (tl.dot's smallest M), 32 hidden
+# units, a k-step of 256 bytes of a W_hh row, which bounds the shared memory of the k-loop.
+MAX_BLOCK_B = 16
+MAX_BLOCK_H = 32
+BLOCK_K_BYTES = 256
+NUM_WARPS = 4
+
 
 @triton.jit
 def _gate_dots(
-    acc_r,  # [BB, BH] each
-    acc_z,
-    acc_n,
-    h_read,  # [B, H] accumulator dtype: h_{t-1}
-    k_offs,  # [BB, BK] offsets of a k-step of the rows in h_read
-    row_in,  # [BB, 1]
-    w_tile,  # W_hh^T[k, n] of gate r at w_tile + w_offs[k, n]: the tile's first column
-    w_offs,  # [BK, BH]
-    cols_in,  # [BH]
+    b_gh_r,  # [BLOCK_B, BLOCK_H] each: h_{t-1} @ W_hh^T so far, gate r, z, n
+    b_gh_z,
+    b_gh_n,
+    p_h,  # [B, H] in the accumulator dtype: h_{t-1}
+    o_bk,  # [BLOCK_B, BLOCK_K] the rows' first k-step in p_h
+    m_b,  # [BLOCK_B, 1]
+    p_w,  # W_hh^T[k, n] of gate r at p_w + o_w[k, n]: the tile's first column
+    o_w,  # [BLOCK_K, BLOCK_H]
+    m_h,  # [BLOCK_H]
     H,
     PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """acc + h_{t-1} @ W_hh^T on one hidden tile of each gate r, z, n, streaming W_hh in k-steps
-    of BLOCK_K."""
-    k_span = tl.arange(0, BLOCK_K)
-    for k in range(0, H, BLOCK_K):
-        k_in = k_span < H - k  # [BK]
-        h_k = tl.load(h_read + k + k_offs, mask=row_in & k_in[None, :], other=0)
-        h_k = h_k.to(w_tile.dtype.element_ty)  # [BB, BK]
-        w_ptrs = w_tile + k + w_offs  # [BK, BH] tile of W_hh^T
-        w_in = k_in[:, None] & cols_in[None, :]
-        w_r = tl.load(w_ptrs, mask=w_in, other=0)
-        acc_r = tl.dot(h_k, w_r, acc_r, input_precision=PRECISION, out_dtype=acc_r.dtype)
-        w_z = tl.load(w_ptrs + H * H, mask=w_in, other=0)
-        acc_z = tl.dot(h_k, w_z, acc_z, input_precision=PRECISION, out_dtype=acc_z.dtype)
-        w_n = tl.load(w_ptrs + 2 * H * H, mask=w_in, other=0)
-        acc_n = tl.dot(h_k, w_n, acc_n, input_precision=PRECISION, out_dtype=acc_n.dtype)
-    return acc_r, acc_z, acc_n
+    """The gates + h_{t-1} @ W_hh^T on one hidden tile of each gate r, z, n, streaming W_hh in
+    k-steps of BLOCK_K."""
+    o_k = tl.arange(0, BLOCK_K)  # [BLOCK_K]
+    for i_k in range(0, H, BLOCK_K):
+        m_k = o_k < H - i_k  # [BLOCK_K]
+        b_h = tl.load(p_h + i_k + o_bk, mask=m_b & m_k[None, :], other=0)
+        b_h = b_h.to(p_w.dtype.element_ty)  # [BLOCK_B, BLOCK_K]
+        p_wk = p_w + i_k + o_w  # [BLOCK_K, BLOCK_H] gate r's tile of W_hh^T
+        m_w = m_k[:, None] & m_h[None, :]
+        b_w = tl.load(p_wk, mask=m_w, other=0)
+        b_gh_r = tl.dot(b_h, b_w, b_gh_r, input_precision=PRECISION, out_dtype=b_gh_r.dtype)
+        b_w = tl.load(p_wk + H * H, mask=m_w, other=0)
+        b_gh_z = tl.dot(b_h, b_w, b_gh_z, input_precision=PRECISION, out_dtype=b_gh_z.dtype)
+        b_w = tl.load(p_wk + 2 * H * H, mask=m_w, other=0)
+        b_gh_n = tl.dot(b_h, b_w, b_gh_n, input_precision=PRECISION, out_dtype=b_gh_n.dtype)
+    return b_gh_r, b_gh_z, b_gh_n
 
 
 @triton.jit
 def _dh_dot(
-    acc,  # [BB, BH]
-    d_gh_t,  # [B, 3H]
-    k_gate_offs,  # [BB, BK] offsets of a k-step of the rows in d_gh_t
-    row_in,  # [BB, 1]
-    w_tile,  # W_hh[k, n] at w_tile + w_offs[k, n]: the tile's first column
-    w_offs,  # [BK, BH]
-    cols_in,  # [1, BH]
+    b_dh,  # [BLOCK_B, BLOCK_H]
+    p_d_gh,  # [B, 3H]: d_gh[t]
+    o_gk,  # [BLOCK_B, BLOCK_K] the rows' first k-step in p_d_gh
+    m_b,  # [BLOCK_B, 1]
+    p_w,  # W_hh[k, n] at p_w + o_w[k, n]: the tile's first column
+    o_w,  # [BLOCK_K, BLOCK_H]
+    m_h,  # [1, BLOCK_H]
     H,
     PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """acc + d_gh_t @ W_hh on one hidden tile, a k-loop over all 3H gate columns."""
-    k_span = tl.arange(0, BLOCK_K)
-    for k in range(0, 3 * H, BLOCK_K):
-        k_in = k_span < 3 * H - k  # [BK]
-        d_gh = tl.load(d_gh_t + k + k_gate_offs, mask=row_in & k_in[None, :], other=0)
-        w = tl.load(w_tile + k * H + w_offs, mask=k_in[:, None] & cols_in, other=0)
-        # [BB, BK] x [BK, BH]; out_dtype: triton 3.6 otherwise takes fp32 for fp64 inputs
-        acc = tl.dot(d_gh, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
-    return acc
+    """``b_dh`` + d_gh[t] @ W_hh on one hidden tile, a k-loop over all 3H gate columns."""
+    o_k = tl.arange(0, BLOCK_K)  # [BLOCK_K]
+    for i_k in range(0, 3 * H, BLOCK_K):
+        m_k = o_k < 3 * H - i_k  # [BLOCK_K]
+        b_d_gh = tl.load(p_d_gh + i_k + o_gk, mask=m_b & m_k[None, :], other=0)
+        b_w = tl.load(p_w + i_k * H + o_w, mask=m_k[:, None] & m_h, other=0)
+        # out_dtype: triton 3.6 otherwise takes fp32 for fp64 inputs
+        b_dh = tl.dot(b_d_gh, b_w, b_dh, input_precision=PRECISION, out_dtype=b_dh.dtype)
+    return b_dh
 
 
 @triton.jit
 def _gru_fwd_kernel(
-    gx_ptr,  # [T, B, 3H]
-    w_hh_ptr,  # [3H, H]
-    b_hh_ptr,  # [3H] (unused without bias)
-    lengths_ptr,  # [B] int64
-    state_ptr,  # [2, B, H] accumulator dtype: h_{t-1} / h_t by step parity; [0] is h0 on entry
-    y_ptr,  # [T, B, H]
-    gates_ptr,  # [T, B, 3H]
-    hn_ptr,  # [T, B, H]
-    arrivals_ptr,  # [batch tiles] int32 zeros: step_barrier's counters
+    gx,  # [T, B, 3H]
+    w_hh,  # [3H, H]
+    bias,  # [3H] b_hh, or None (HAS_BIAS)
+    lengths,  # [B] int64
+    h_state,  # [2, B, H] scratch in ACC: the state by step parity; [0] is h0 on entry
+    y,  # [T, B, H]
+    gates,  # [T, B, 3H]
+    hn,  # [T, B, H]
+    arrivals,  # [batch tiles] int32 zeros: step_barrier's counters
     T,
     B,
     H,
@@ -110,102 +121,87 @@ def _gru_fwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,  # k-step of the W_hh dot (all of K when STATIONARY)
 ):
-    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
-    acc_dtype = state_ptr.dtype.element_ty  # accumulation and pointwise math
-    out_dtype = y_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
-    first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
-    arrivals_ptr += tl.program_id(0)
-    # With STATIONARY a program has one tile: no prefetch of a next one (2x the row buffers).
-    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None
-    arrivals = 0
-    row_in = (rows < B)[:, None]  # [BB, 1]
-    length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
-    span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
-    k_span = tl.arange(0, BLOCK_K)  # [BK] the same for a step of the dot's k-loop
-    offs = rows[:, None] * H + span[None, :]  # [BB, BH] into [B, H]
-    k_offs = rows[:, None] * H + k_span[None, :]  # [BB, BK] into [B, H]
-    gate_offs = rows[:, None] * 3 * H + span[None, :]  # [BB, BH] into [B, 3H]
-    w_offs = span[None, :] * H + k_span[:, None]  # [BK, BH] into [3H, H], transposed
+    o_b, i_first, p_arrivals, b_length, m_b = split_prologue(
+        lengths, arrivals, B, tl.int32, BLOCK_B, BLOCK_H, BLOCK_K
+    )
+    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None  # one tile: no prefetch of a next one
+    n_arrivals = 0
+    ACC = h_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
+    DTYPE = y.dtype.element_ty
+    o_n = tl.arange(0, BLOCK_H)  # [BLOCK_H] a tile's units from its first
+    o_k = tl.arange(0, BLOCK_K)  # [BLOCK_K] a k-step's from its first
+    o_y = o_b[:, None] * H + o_n[None, :]  # [BLOCK_B, BLOCK_H] tile 0 in [B, H]; tile i_h + i_h
+    o_bk = o_b[:, None] * H + o_k[None, :]  # [BLOCK_B, BLOCK_K] k-step 0 in [B, H]
+    o_g = o_b[:, None] * 3 * H + o_n[None, :]  # [BLOCK_B, BLOCK_H] gate r's tile 0 in [B, 3H]
+    o_w = o_n[None, :] * H + o_k[:, None]  # [BLOCK_K, BLOCK_H] tile 0 in W_hh^T
     plane = B * H  # elements of one step of [T, B, H]
-    if STATIONARY:  # this program's one hidden tile: its columns of W_hh^T per gate, once
-        cols = (first + span)[None, :]  # [1, BH]
-        slice_r = load_weights(w_hh_ptr, cols * H, cols < H, 1, H, BLOCK_K)  # [BK, BH]
-        slice_z = load_weights(w_hh_ptr + H * H, cols * H, cols < H, 1, H, BLOCK_K)
-        slice_n = load_weights(w_hh_ptr + 2 * H * H, cols * H, cols < H, 1, H, BLOCK_K)
-    for s in range(T):
-        t = T - 1 - s if REVERSE else s
-        keep = (t < length)[:, None]  # [BB, 1]
-        h_read = state_ptr + (s % 2) * plane
-        h_write = state_ptr + ((s + 1) % 2) * plane
-        t_plane = t.to(tl.int64) * plane
-        gx_t = gx_ptr + 3 * t_plane
-        gates_t = gates_ptr + 3 * t_plane
-        y_t = y_ptr + t_plane
-        hn_t = hn_ptr + t_plane
-        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
-            cols_in = span < H - j  # [BH]
-            tile = row_in & cols_in[None, :]  # [BB, BH]
+    if STATIONARY:  # this program's one tile: its columns of W_hh^T per gate, once
+        o_h = (i_first + o_n)[None, :]  # [1, BLOCK_H]
+        b_wr = load_weights(w_hh, o_h * H, o_h < H, 1, H, BLOCK_K)  # [BLOCK_K, BLOCK_H]
+        b_wz = load_weights(w_hh + H * H, o_h * H, o_h < H, 1, H, BLOCK_K)
+        b_wn = load_weights(w_hh + 2 * H * H, o_h * H, o_h < H, 1, H, BLOCK_K)
+    for i_s in range(T):
+        i_t = T - 1 - i_s if REVERSE else i_s
+        m_t = (i_t < b_length)[:, None]  # [BLOCK_B, 1]; the state stays where False
+        p_h_prev = h_state + (i_s % 2) * plane
+        p_h_next = h_state + ((i_s + 1) % 2) * plane
+        t_plane = i_t.to(tl.int64) * plane
+        p_gx, p_gates = gx + 3 * t_plane, gates + 3 * t_plane
+        p_y, p_hn = y + t_plane, hn + t_plane
+        for i_h in tl.range(i_first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
+            m_h = o_n < H - i_h  # [BLOCK_H]
+            m_bh = m_b & m_h[None, :]  # [BLOCK_B, BLOCK_H]
             # The loads that do not wait for the dots first: their latency overlaps the k-loop.
-            gx_ptrs = gx_t + j + gate_offs
-            gx_r = tl.load(gx_ptrs, mask=tile, other=0).to(acc_dtype)
-            gx_z = tl.load(gx_ptrs + H, mask=tile, other=0).to(acc_dtype)
-            gx_n = tl.load(gx_ptrs + 2 * H, mask=tile, other=0).to(acc_dtype)
-            h_prev = tl.load(h_read + j + offs, mask=tile, other=0)
-            # tl.full, not tl.zeros: a jit function, which the interpreter re-patches per call
-            acc_r = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
-            acc_z = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
-            acc_n = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
+            b_gx_r = tl.load(p_gx + i_h + o_g, mask=m_bh, other=0).to(ACC)
+            b_gx_z = tl.load(p_gx + i_h + o_g + H, mask=m_bh, other=0).to(ACC)
+            b_gx_n = tl.load(p_gx + i_h + o_g + 2 * H, mask=m_bh, other=0).to(ACC)
+            b_h_prev = tl.load(p_h_prev + i_h + o_y, mask=m_bh, other=0)
+            b_gh_r = tl.full([BLOCK_B, BLOCK_H], 0, ACC)
+            b_gh_z = tl.full([BLOCK_B, BLOCK_H], 0, ACC)
+            b_gh_n = tl.full([BLOCK_B, BLOCK_H], 0, ACC)
             if STATIONARY:
-                h_all = load_rows(h_read, rows[:, None] * H, row_in, H, BLOCK_K)  # [BB, BK]
-                h_all = h_all.to(w_hh_ptr.dtype.element_ty)
-                acc_r = tl.dot(
-                    h_all, slice_r, acc_r, input_precision=PRECISION, out_dtype=acc_dtype
-                )
-                acc_z = tl.dot(
-                    h_all, slice_z, acc_z, input_precision=PRECISION, out_dtype=acc_dtype
-                )
-                acc_n = tl.dot(
-                    h_all, slice_n, acc_n, input_precision=PRECISION, out_dtype=acc_dtype
-                )
+                b_h_rows = load_rows(p_h_prev, o_b[:, None] * H, m_b, H, BLOCK_K)
+                b_h_rows = b_h_rows.to(w_hh.dtype.element_ty)  # [BLOCK_B, BLOCK_K]
+                b_gh_r = tl.dot(b_h_rows, b_wr, b_gh_r, input_precision=PRECISION, out_dtype=ACC)
+                b_gh_z = tl.dot(b_h_rows, b_wz, b_gh_z, input_precision=PRECISION, out_dtype=ACC)
+                b_gh_n = tl.dot(b_h_rows, b_wn, b_gh_n, input_precision=PRECISION, out_dtype=ACC)
             else:
-                acc_r, acc_z, acc_n = _gate_dots(
-                    acc_r, acc_z, acc_n, h_read, k_offs, row_in, w_hh_ptr + j * H, w_offs,
-                    cols_in, H, PRECISION, BLOCK_K,
+                b_gh_r, b_gh_z, b_gh_n = _gate_dots(
+                    b_gh_r, b_gh_z, b_gh_n, p_h_prev, o_bk, m_b, w_hh + i_h * H, o_w, m_h, H,
+                    PRECISION, BLOCK_K,
                 )  # fmt: skip
             if HAS_BIAS:
-                b_ptrs = b_hh_ptr + j + span
-                acc_r += tl.load(b_ptrs, mask=cols_in, other=0).to(acc_dtype)[None, :]
-                acc_z += tl.load(b_ptrs + H, mask=cols_in, other=0).to(acc_dtype)[None, :]
-                acc_n += tl.load(b_ptrs + 2 * H, mask=cols_in, other=0).to(acc_dtype)[None, :]
-            r = sigmoid(gx_r + acc_r)
-            z = sigmoid(gx_z + acc_z)
-            n = tanh(gx_n + r * acc_n)
-            h_new = (1 - z) * n + z * h_prev
-            gates_ptrs = gates_t + j + gate_offs
-            tl.store(gates_ptrs, tl.where(keep, r, 0).to(out_dtype), mask=tile)
-            tl.store(gates_ptrs + H, tl.where(keep, z, 0).to(out_dtype), mask=tile)
-            tl.store(gates_ptrs + 2 * H, tl.where(keep, n, 0).to(out_dtype), mask=tile)
-            tl.store(hn_t + j + offs, tl.where(keep, acc_n, 0).to(out_dtype), mask=tile)
-            tl.store(y_t + j + offs, tl.where(keep, h_new, 0).to(out_dtype), mask=tile)
-            tl.store(h_write + j + offs, tl.where(keep, h_new, h_prev), mask=tile)
-        arrivals += SPLIT
-        step_barrier(arrivals_ptr, arrivals, SPLIT)  # h_t complete before step t + 1 reads it
+                p_bias = bias + i_h + o_n  # [BLOCK_H]
+                b_gh_r += tl.load(p_bias, mask=m_h, other=0).to(ACC)[None, :]
+                b_gh_z += tl.load(p_bias + H, mask=m_h, other=0).to(ACC)[None, :]
+                b_gh_n += tl.load(p_bias + 2 * H, mask=m_h, other=0).to(ACC)[None, :]
+            b_r = sigmoid(b_gx_r + b_gh_r)
+            b_z = sigmoid(b_gx_z + b_gh_z)
+            b_n = tanh(b_gx_n + b_r * b_gh_n)
+            b_h = (1 - b_z) * b_n + b_z * b_h_prev
+            tl.store(p_gates + i_h + o_g, tl.where(m_t, b_r, 0).to(DTYPE), mask=m_bh)
+            tl.store(p_gates + i_h + o_g + H, tl.where(m_t, b_z, 0).to(DTYPE), mask=m_bh)
+            tl.store(p_gates + i_h + o_g + 2 * H, tl.where(m_t, b_n, 0).to(DTYPE), mask=m_bh)
+            tl.store(p_hn + i_h + o_y, tl.where(m_t, b_gh_n, 0).to(DTYPE), mask=m_bh)
+            tl.store(p_y + i_h + o_y, tl.where(m_t, b_h, 0).to(DTYPE), mask=m_bh)
+            tl.store(p_h_next + i_h + o_y, tl.where(m_t, b_h, b_h_prev), mask=m_bh)
+        n_arrivals += SPLIT
+        step_barrier(p_arrivals, n_arrivals, SPLIT)  # h_t complete before step s + 1 reads it
 
 
 @triton.jit
 def _gru_bwd_kernel(
-    grad_y_ptr,  # [T, B, H]
-    w_hh_ptr,  # [3H, H]
-    h0_ptr,  # [B, H]
-    lengths_ptr,  # [B] int64
-    y_ptr,  # [T, B, H]
-    gates_ptr,  # [T, B, 3H]
-    hn_ptr,  # [T, B, H]
-    dh_ptr,  # [B, H] accumulator dtype: grad_hT on entry, d_h0 on exit
-    d_gx_ptr,  # [T, B, 3H]
-    d_gh_ptr,  # [T, B, 3H]
-    arrivals_ptr,  # [batch tiles] int32 zeros: step_barrier's counters
+    grad_y,  # [T, B, H]
+    w_hh,  # [3H, H]
+    h0,  # [B, H]
+    lengths,  # [B] int64
+    y,  # [T, B, H]
+    gates,  # [T, B, 3H] saved by the forward
+    hn,  # [T, B, H] saved by the forward
+    dh_state,  # [B, H] scratch in ACC: grad_hT on entry, d_h0 on exit
+    d_gx,  # [T, B, 3H]
+    d_gh,  # [T, B, 3H]
+    arrivals,  # [batch tiles] int32 zeros: step_barrier's counters
     T,
     B,
     H,
@@ -217,117 +213,94 @@ def _gru_bwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,  # k-step of the W_hh dot (STATIONARY: all H rows of a gate)
 ):
-    tl.static_assert(BLOCK_B >= 16 and BLOCK_H >= 16 and BLOCK_K >= 16, "tl.dot needs 16 at least")
-    acc_dtype = dh_ptr.dtype.element_ty  # accumulation and pointwise math
-    out_dtype = d_gx_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
-    first = tl.program_id(1) * BLOCK_H  # this program's first hidden tile; then every SPLIT-th
-    arrivals_ptr += tl.program_id(0)
-    # With STATIONARY a program has one tile: no prefetch of a next one (2x the row buffers).
-    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None
-    arrivals = 0
-    row_in = (rows < B)[:, None]  # [BB, 1]
-    length = tl.load(lengths_ptr + rows, mask=rows < B, other=0)  # [BB]
-    span = tl.arange(0, BLOCK_H)  # [BH] a tile's columns, counted from its first
-    k_span = tl.arange(0, BLOCK_K)  # [BK] the same for a step of the dot's k-loop
-    offs = rows[:, None] * H + span[None, :]  # [BB, BH] into [B, H]
-    rows_g = rows[:, None] * 3 * H  # [BB, 1] each row's start in [B, 3H]
-    gate_offs = rows_g + span[None, :]  # [BB, BH] into [B, 3H]
-    k_gate_offs = rows_g + k_span[None, :]  # [BB, BK] into [B, 3H]
-    w_offs = k_span[:, None] * H + span[None, :]  # [BK, BH] into [3H, H]
+    o_b, i_first, p_arrivals, b_length, m_b = split_prologue(
+        lengths, arrivals, B, tl.int32, BLOCK_B, BLOCK_H, BLOCK_K
+    )
+    TILE_STAGES: tl.constexpr = 1 if STATIONARY else None  # one tile: no prefetch of a next one
+    n_arrivals = 0
+    ACC = dh_state.dtype.element_ty  # fp32, or fp64 for fp64 inputs
+    DTYPE = d_gx.dtype.element_ty
+    o_n = tl.arange(0, BLOCK_H)  # [BLOCK_H] a tile's units from its first
+    o_k = tl.arange(0, BLOCK_K)  # [BLOCK_K] a k-step's from its first
+    o_y = o_b[:, None] * H + o_n[None, :]  # [BLOCK_B, BLOCK_H] tile 0 in [B, H]; tile i_h + i_h
+    o_bg = o_b[:, None] * 3 * H  # [BLOCK_B, 1] the rows' starts in [B, 3H]
+    o_g = o_bg + o_n[None, :]  # [BLOCK_B, BLOCK_H] gate r's tile 0 in [B, 3H]
+    o_gk = o_bg + o_k[None, :]  # [BLOCK_B, BLOCK_K] k-step 0 in [B, 3H]
+    o_w = o_k[:, None] * H + o_n[None, :]  # [BLOCK_K, BLOCK_H] tile 0 in W_hh
     plane = B * H  # elements of one step of [T, B, H]
-    if STATIONARY:  # this program's one hidden tile: its columns of W_hh per gate, once
-        cols = (first + span)[None, :]  # [1, BH]
-        slice_r = load_weights(w_hh_ptr, cols, cols < H, H, H, BLOCK_K)  # [BK, BH]
-        slice_z = load_weights(w_hh_ptr + H * H, cols, cols < H, H, H, BLOCK_K)
-        slice_n = load_weights(w_hh_ptr + 2 * H * H, cols, cols < H, H, H, BLOCK_K)
-    for s in range(T):
-        t = s if REVERSE else T - 1 - s  # the forward's visiting order, backwards
-        keep = (t < length)[:, None]  # [BB, 1]
-        prev = t + 1 if REVERSE else t - 1  # the step h_{t-1} came out of, where valid
-        from_y = ((tl.full([BLOCK_B], prev, tl.int32) >= 0) & (prev < length))[:, None]
-        y_prev = y_ptr + prev.to(tl.int64) * plane
-        t_plane = t.to(tl.int64) * plane
-        grad_y_t = grad_y_ptr + t_plane
-        hn_t = hn_ptr + t_plane
-        gates_t = gates_ptr + 3 * t_plane
-        d_gx_t = d_gx_ptr + 3 * t_plane
-        d_gh_t = d_gh_ptr + 3 * t_plane
+    if STATIONARY:  # this program's one tile: its columns of W_hh per gate, once
+        o_h = (i_first + o_n)[None, :]  # [1, BLOCK_H]
+        b_wr = load_weights(w_hh, o_h, o_h < H, H, H, BLOCK_K)  # [BLOCK_K, BLOCK_H]
+        b_wz = load_weights(w_hh + H * H, o_h, o_h < H, H, H, BLOCK_K)
+        b_wn = load_weights(w_hh + 2 * H * H, o_h, o_h < H, H, H, BLOCK_K)
+    for i_s in range(T):
+        i_t = i_s if REVERSE else T - 1 - i_s  # the forward's last step first
+        m_t = (i_t < b_length)[:, None]  # [BLOCK_B, 1]
+        i_prev = i_t + 1 if REVERSE else i_t - 1  # the step h_{t-1} came out of, where valid
+        m_y = ((tl.full([BLOCK_B], i_prev, tl.int32) >= 0) & (i_prev < b_length))[:, None]
+        p_y_prev = y + i_prev.to(tl.int64) * plane  # h_{t-1} where m_y, else h0
+        t_plane = i_t.to(tl.int64) * plane
+        p_grad_y, p_hn = grad_y + t_plane, hn + t_plane
+        p_gates, p_d_gx, p_d_gh = gates + 3 * t_plane, d_gx + 3 * t_plane, d_gh + 3 * t_plane
         # Gate gradients; dh holds dh_t * z (the part not through W_hh) afterwards.
-        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
-            tile = row_in & (span < H - j)[None, :]  # [BB, BH]
-            dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)
-            dh_t = dh + tl.load(grad_y_t + j + offs, mask=tile, other=0).to(acc_dtype)
-            gates_ptrs = gates_t + j + gate_offs
-            r = tl.load(gates_ptrs, mask=tile, other=0).to(acc_dtype)
-            z = tl.load(gates_ptrs + H, mask=tile, other=0).to(acc_dtype)
-            n = tl.load(gates_ptrs + 2 * H, mask=tile, other=0).to(acc_dtype)
-            hn = tl.load(hn_t + j + offs, mask=tile, other=0).to(acc_dtype)
-            h_prev = tl.where(
-                from_y,
-                tl.load(y_prev + j + offs, mask=tile & from_y, other=0),
-                tl.load(h0_ptr + j + offs, mask=tile, other=0),
-            ).to(acc_dtype)
-            d_n = dh_t * (1 - z) * (1 - n * n)
-            d_r = tl.where(keep, d_n * hn * r * (1 - r), 0).to(out_dtype)
-            d_z = tl.where(keep, dh_t * (h_prev - n) * z * (1 - z), 0).to(out_dtype)
-            d_gx_ptrs = d_gx_t + j + gate_offs
-            tl.store(d_gx_ptrs, d_r, mask=tile)
-            tl.store(d_gx_ptrs + H, d_z, mask=tile)
-            tl.store(d_gx_ptrs + 2 * H, tl.where(keep, d_n, 0).to(out_dtype), mask=tile)
-            d_gh_ptrs = d_gh_t + j + gate_offs
-            tl.store(d_gh_ptrs, d_r, mask=tile)
-            tl.store(d_gh_ptrs + H, d_z, mask=tile)
-            tl.store(d_gh_ptrs + 2 * H, tl.where(keep, d_n * r, 0).to(out_dtype), mask=tile)
-            tl.store(dh_ptr + j + offs, tl.where(keep, dh_t * z, dh), mask=tile)
-        arrivals += SPLIT
-        step_barrier(arrivals_ptr, arrivals, SPLIT)  # all of d_gh_t written: the dot reads it
-        # dh_{t-1} = dh_t * z + d_gh_t W_hh, a k-loop over all 3H gate columns.
-        for j in tl.range(first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
-            cols_in = (span < H - j)[None, :]  # [1, BH]
-            tile = row_in & cols_in
-            dh = tl.load(dh_ptr + j + offs, mask=tile, other=0)  # overlaps the k-loop
-            acc = tl.full([BLOCK_B, BLOCK_H], 0, acc_dtype)
-            if STATIONARY:  # a dot per gate: d_gh_t of gate r, z, n against its slice
-                acc = dot_rows(acc, d_gh_t, rows_g, row_in, H, slice_r, PRECISION, BLOCK_K)
-                acc = dot_rows(acc, d_gh_t + H, rows_g, row_in, H, slice_z, PRECISION, BLOCK_K)
-                acc = dot_rows(acc, d_gh_t + 2 * H, rows_g, row_in, H, slice_n, PRECISION, BLOCK_K)
+        for i_h in tl.range(i_first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
+            m_bh = m_b & (o_n < H - i_h)[None, :]  # [BLOCK_B, BLOCK_H]
+            b_dh = tl.load(dh_state + i_h + o_y, mask=m_bh, other=0)
+            b_dh_t = b_dh + tl.load(p_grad_y + i_h + o_y, mask=m_bh, other=0).to(ACC)
+            b_r = tl.load(p_gates + i_h + o_g, mask=m_bh, other=0).to(ACC)
+            b_z = tl.load(p_gates + i_h + o_g + H, mask=m_bh, other=0).to(ACC)
+            b_n = tl.load(p_gates + i_h + o_g + 2 * H, mask=m_bh, other=0).to(ACC)
+            b_gh_n = tl.load(p_hn + i_h + o_y, mask=m_bh, other=0).to(ACC)
+            b_h_prev = tl.where(
+                m_y,
+                tl.load(p_y_prev + i_h + o_y, mask=m_bh & m_y, other=0),
+                tl.load(h0 + i_h + o_y, mask=m_bh, other=0),
+            ).to(ACC)
+            b_dn = b_dh_t * (1 - b_z) * (1 - b_n * b_n)
+            b_dr = tl.where(m_t, b_dn * b_gh_n * b_r * (1 - b_r), 0).to(DTYPE)
+            b_dz = tl.where(m_t, b_dh_t * (b_h_prev - b_n) * b_z * (1 - b_z), 0).to(DTYPE)
+            tl.store(p_d_gx + i_h + o_g, b_dr, mask=m_bh)
+            tl.store(p_d_gx + i_h + o_g + H, b_dz, mask=m_bh)
+            tl.store(p_d_gx + i_h + o_g + 2 * H, tl.where(m_t, b_dn, 0).to(DTYPE), mask=m_bh)
+            tl.store(p_d_gh + i_h + o_g, b_dr, mask=m_bh)
+            tl.store(p_d_gh + i_h + o_g + H, b_dz, mask=m_bh)
+            tl.store(p_d_gh + i_h + o_g + 2 * H, tl.where(m_t, b_dn * b_r, 0).to(DTYPE), mask=m_bh)
+            tl.store(dh_state + i_h + o_y, tl.where(m_t, b_dh_t * b_z, b_dh), mask=m_bh)
+        n_arrivals += SPLIT
+        step_barrier(p_arrivals, n_arrivals, SPLIT)  # all of d_gh[t] written: the dot reads it
+        # dh_{t-1} = dh_t * z + d_gh[t] @ W_hh, a k-loop over all 3H gate columns.
+        for i_h in tl.range(i_first, H, SPLIT * BLOCK_H, num_stages=TILE_STAGES):
+            m_h = (o_n < H - i_h)[None, :]  # [1, BLOCK_H]
+            m_bh = m_b & m_h  # [BLOCK_B, BLOCK_H]
+            b_dh = tl.load(dh_state + i_h + o_y, mask=m_bh, other=0)  # overlaps the k-loop
+            b_dh_w = tl.full([BLOCK_B, BLOCK_H], 0, ACC)
+            if STATIONARY:  # a dot per gate: d_gh[t] of gate r, z, n against its slice
+                b_dh_w = dot_on_chip(b_dh_w, p_d_gh, o_bg, m_b, H, b_wr, PRECISION, BLOCK_K)
+                b_dh_w = dot_on_chip(b_dh_w, p_d_gh + H, o_bg, m_b, H, b_wz, PRECISION, BLOCK_K)
+                b_dh_w = dot_on_chip(b_dh_w, p_d_gh + 2 * H, o_bg, m_b, H, b_wn, PRECISION,
+                                     BLOCK_K)  # fmt: skip
             else:
-                acc = _dh_dot(acc, d_gh_t, k_gate_offs, row_in, w_hh_ptr + j, w_offs, cols_in, H,
-                              PRECISION, BLOCK_K)  # fmt: skip
-            tl.store(dh_ptr + j + offs, tl.where(keep, dh + acc, dh), mask=tile)
-        # Step t - 1 reads only this program's own tiles of dh: no wait for the others.
+                b_dh_w = _dh_dot(b_dh_w, p_d_gh, o_gk, m_b, w_hh + i_h, o_w, m_h, H, PRECISION,
+                                 BLOCK_K)  # fmt: skip
+            tl.store(dh_state + i_h + o_y, tl.where(m_t, b_dh + b_dh_w, b_dh), mask=m_bh)
+        # Step s + 1 reads only this program's own tiles of dh: no wait for the others.
         tl.debug_barrier()
 
 
-# Blocks (measured on an H200, README.md): 16 batch rows (tl.dot's smallest M), up to 32 hidden
-# columns, a k-step of 256 bytes of a W_hh row.
-BLOCK_B = 16
-MAX_BLOCK_H = 32
-BLOCK_K_BYTES = 256
-NUM_WARPS = 4
-
-
-def _blocks(H: int, dtype: torch.dtype) -> dict[str, int]:
-    """Hidden columns per tile (BLOCK_H, up to MAX_BLOCK_H) and the k-step of the recurrent dot
-    (BLOCK_K: BLOCK_K_BYTES of a W_hh row, 128 fp16 / 64 fp32 / 32 fp64), powers of two from 16.
-    The k-step bounds the shared memory of the pipelined k-loop (README.md)."""
-    fit = max(16, triton.next_power_of_2(H))
-    block_k = max(16, BLOCK_K_BYTES // dtype.itemsize)
-    return {"BLOCK_H": min(MAX_BLOCK_H, fit), "BLOCK_K": min(block_k, fit)}
-
-
 def _launch(kernel, tensors: list, T: int, B: int, H: int, **constexprs) -> None:
-    """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) over cdiv(B, BLOCK_B)
-    batch tiles, each shared by the programs ``launch_split`` decides on; one barrier per step.
-    With the weights on chip one k-block covers the H rows of a gate, and the slices per
-    program are three [BLOCK_K, BLOCK_H], forward and backward."""
-    fit = max(16, triton.next_power_of_2(H))
-    on_chip = dict(BLOCK_B=BLOCK_B, BLOCK_H=min(ON_CHIP_BLOCK_H, fit), BLOCK_K=fit)
+    """Runs ``kernel`` on ``tensors`` (the first sets dtype and device) with one barrier per
+    step. Blocks (``block_size``) up to the limits above, covering the batch and H when they are
+    smaller; with the weights on chip one k-block covers the H rows of a gate, and the slices per
+    program are three [BLOCK_K, BLOCK_H], forward and backward. ``launch_split`` decides between
+    the two and how many programs share a batch tile."""
+    k_limit = BLOCK_K_BYTES // tensors[0].element_size()
+    block_b = block_size(B, MAX_BLOCK_B)
+    streaming = dict(BLOCK_B=block_b, BLOCK_H=block_size(H, MAX_BLOCK_H),
+                     BLOCK_K=block_size(H, k_limit))  # fmt: skip
+    on_chip = dict(BLOCK_B=block_b, BLOCK_H=block_size(H, ON_CHIP_BLOCK_H), BLOCK_K=block_size(H))
     slice_elements = 3 * on_chip["BLOCK_H"] * on_chip["BLOCK_K"]
-    launch_split(kernel, tensors, (T, B, H), triton.cdiv(B, BLOCK_B), 1,
-                 dict(BLOCK_B=BLOCK_B, **_blocks(H, tensors[0].dtype)), on_chip, slice_elements,
-                 **constexprs, num_warps=NUM_WARPS)  # fmt: skip
+    launch_split(kernel, tensors, (T, B, H), triton.cdiv(B, block_b), 1, streaming, on_chip,
+                 slice_elements, **constexprs, num_warps=NUM_WARPS)  # fmt: skip
 
 
 def gru_fwd(
@@ -342,16 +315,13 @@ def gru_fwd(
     hn [T, B, H] (h W_hn^T + b_hn); both zero past a sequence's end."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
     gx, w_hh = gx.contiguous(), w_hh.contiguous()
-    y = gx.new_empty(T, B, H)
-    gates = gx.new_empty(T, B, 3 * H)
-    hn = gx.new_empty(T, B, H)
-    state = gx.new_empty(2, B, H, dtype=accumulator_dtype(gx.dtype))
-    state[0] = h0
-    b_hh_or_unused = b_hh.contiguous() if b_hh is not None else gx
-    tensors = [gx, w_hh, b_hh_or_unused, full_lengths(lengths, T, B, gx.device), state, y, gates,
-               hn]  # fmt: skip
-    _launch(_gru_fwd_kernel, tensors, T, B, H, HAS_BIAS=b_hh is not None, REVERSE=reverse)
-    return y, state[T % 2].to(gx.dtype, copy=True), gates, hn
+    y, gates, hn = gx.new_empty(T, B, H), gx.new_empty(T, B, 3 * H), gx.new_empty(T, B, H)
+    h_state = double_buffer(h0)
+    has_bias = b_hh is not None
+    tensors = [gx, w_hh, b_hh.contiguous() if has_bias else None,
+               full_lengths(lengths, T, B, gx.device), h_state, y, gates, hn]  # fmt: skip
+    _launch(_gru_fwd_kernel, tensors, T, B, H, HAS_BIAS=has_bias, REVERSE=reverse)
+    return y, h_state[T % 2].to(gx.dtype, copy=True), gates, hn
 
 
 def gru_bwd(
@@ -371,12 +341,14 @@ def gru_bwd(
     T, B, H = y.shape
     d_gx = gates.new_empty(T, B, 3 * H)
     d_gh = gates.new_empty(T, B, 3 * H)  # gradient of h W_hh^T + b_hh; d_gx but for the n part
-    dh = grad_hT.to(accumulator_dtype(y.dtype), memory_format=torch.contiguous_format, copy=True)
+    dh_state = grad_hT.to(
+        accumulator_dtype(y.dtype), memory_format=torch.contiguous_format, copy=True
+    )
     tensors = [grad_y.contiguous(), w_hh.contiguous(), h0.contiguous(),
                full_lengths(lengths, T, B, y.device), y.contiguous(), gates.contiguous(),
-               hn.contiguous(), dh, d_gx, d_gh]  # fmt: skip
+               hn.contiguous(), dh_state, d_gx, d_gh]  # fmt: skip
     _launch(_gru_bwd_kernel, tensors, T, B, H, REVERSE=reverse)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else absent_grad(y)
-    return d_gx, d_w_hh, d_b_hh, dh.to(y.dtype)
+    return d_gx, d_w_hh, d_b_hh, dh_state.to(y.dtype)
