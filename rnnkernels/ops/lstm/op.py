@@ -1,11 +1,7 @@
 """torch.library ops for one LSTM layer in one direction: forward, backward, fakes, autograd.
 
-The backend is an argument: the op calls that backend's kernels (``backends.kernels``). The
-forward also takes the selection the backend was resolved from (None when ``backend=`` named it),
-checked each time it runs (``backends.check_selection``: compiled code cannot follow
-``set_backend``). The call was checked before the backend was chosen (rnnkernels.validation), so
-the kernels see well-formed tensors. An absent weight's gradient is an empty [0] tensor from the
-kernels to the autograd formula, which returns None for it (a custom op cannot return None).
+The op boundary (the backend and selection arguments, the call checked before, absent gradients
+as an empty [0] tensor): docs/design.md, sections 3-5.
 """
 
 from __future__ import annotations
