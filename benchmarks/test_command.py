@@ -12,7 +12,7 @@ import rnnkernels
 from rnnkernels import bench
 from rnnkernels.bench import report
 
-PROVIDERS = ["torch", *rnnkernels.available_backends()]  # triton runs in the interpreter here
+PROVIDERS = ["torch", "auto", *(b for b in rnnkernels.available_backends() if b != "torch")]
 
 
 @pytest.fixture

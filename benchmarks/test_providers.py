@@ -17,7 +17,7 @@ import rnnkernels
 from rnnkernels import bench
 from rnnkernels.backends import LayerCall, why_not
 
-PROVIDERS = ["torch", *rnnkernels.available_backends()]
+PROVIDERS = ["torch", "auto", *(b for b in rnnkernels.available_backends() if b != "torch")]
 
 
 def _cases():
@@ -42,7 +42,7 @@ CASES = list(_cases())
 @pytest.mark.parametrize("mode", bench.MODES)
 @pytest.mark.parametrize(("device", "shape"), CASES)
 def test_provider(benchmark, device, shape, mode, provider):
-    if provider != "torch":
+    if provider not in ("torch", "auto"):
         why = why_not(provider, LayerCall(shape.cell, torch.device(device), torch.float32))
         if why is not None:
             pytest.skip(f"{provider} cannot run {shape.cell} on {device}: {why}")

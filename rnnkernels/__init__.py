@@ -12,6 +12,7 @@ from rnnkernels.backends import (
     set_default_backend,
 )
 from rnnkernels.convert import convert
+from rnnkernels.dispatch import explain
 from rnnkernels.modules import GRU, LSTM, IndRNN
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "backend_names",
     "cmake_prefix_path",
     "convert",
+    "explain",
     "functional",
     "get_backend",
     "set_backend",

@@ -11,35 +11,43 @@ Choosing: ``backend=`` on a module or functional call, else the selection in for
 thread or asyncio task: its ``set_backend(...)`` choice (a ContextVar; usually a ``with`` block),
 else the process-wide default (``set_default_backend``; initially ``RNNKERNELS_BACKEND``, else
 ``"auto"``). A named backend that cannot run a call raises ``BackendError`` saying why; only
-``"auto"`` falls back.
+``"auto"`` falls back. ``"auto"`` chooses per call from the measured dispatch table
+(``rnnkernels.dispatch``), else by ``_AUTO_ORDER``.
+
+The ``torch`` backend is not a per-layer backend: it runs a whole call through torch's own fused
+RNN op (``functional._native``), so ``functional`` branches on it once, before the layer stack.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import warnings
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
 GATES = {"lstm": 4, "gru": 3, "indrnn": 1}  # gate rows of W_ih per hidden unit, per cell
 AUTO = "auto"
+_log = logging.getLogger("rnnkernels")
 
 
 class BackendError(RuntimeError):
     """A backend was asked for by name and cannot run the call."""
 
 
-@dataclass(frozen=True)
-class LayerCall:
-    """One layer call as a backend is asked about it before it runs: the cell, the device and
-    dtype of its tensors, and its sizes (B batch, H hidden, R the state fed back through W_hh:
-    the projection size with one, else H). Sizes of 0: unknown (a probe by device and dtype)."""
+class LayerCall(NamedTuple):
+    """A call as a backend is asked about it before it runs: the cell, the device and dtype of its
+    tensors, its sizes (B batch, H hidden, R the state fed back through W_hh: the projection size
+    with one, else H; T time steps) and what ``auto``'s dispatch table keys on besides (layers,
+    bidirectional, packed input, whether autograd records it). Sizes of 0: unknown (a probe by
+    device and dtype). A NamedTuple: one is built per call, and a frozen dataclass costs 3x."""
 
     cell: str
     device: torch.device
@@ -47,6 +55,11 @@ class LayerCall:
     B: int = 0
     H: int = 0
     R: int = 0
+    T: int = 0
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False
+    grad: bool = False  # grad mode on and the input or weight_ih_l0 requires grad: training
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,13 @@ def _triton_cannot_run(call: LayerCall) -> str | None:
     return None
 
 
+def _torch_cannot_run(call: LayerCall) -> str | None:
+    """torch's fused RNN ops run LSTM and GRU wherever torch runs them; IndRNN has none."""
+    if call.cell == "indrnn":
+        return "torch has no IndRNN (no fused op to run); use cpp, numba or triton"
+    return None
+
+
 _REGISTRY: dict[str, Backend] = {
     "reference": Backend(
         name="reference",
@@ -163,10 +183,17 @@ _REGISTRY: dict[str, Backend] = {
         unavailable=_module_missing("triton", extra="triton"),
         cannot_run=_triton_cannot_run,
     ),
+    "torch": Backend(
+        name="torch",
+        description="torch's own fused RNN (nn.LSTM / nn.GRU's op: oneDNN or ATen on CPU, cuDNN "
+        "on CUDA), whole calls; no IndRNN",
+        unavailable=_always_available,
+        cannot_run=_torch_cannot_run,
+    ),
 }
 
-# What "auto" tries, in order, per device type. The reference loop is never chosen silently for
-# a CUDA tensor.
+# What "auto" tries, in order, per device type, where the dispatch table has no entry for a call
+# (rnnkernels.dispatch). The reference loop is never chosen silently for a CUDA tensor.
 _AUTO_ORDER = {"cpu": ("cpp", "numba"), "cuda": ("triton",)}
 
 
@@ -260,7 +287,8 @@ def check_selection(traced: str | None) -> None:
 
 def resolve(requested: str | None, call: LayerCall) -> str:
     """The concrete backend name that runs ``call``: ``requested`` (a name, or ``"auto"``), else
-    the selection in force (``get_backend``)."""
+    the selection in force (``get_backend``). At DEBUG level, logger ``rnnkernels`` says which
+    and why (outside torch.compile)."""
     if requested is None:
         requested = get_backend()  # checked when it was selected
     else:
@@ -269,16 +297,27 @@ def resolve(requested: str | None, call: LayerCall) -> str:
         why = why_not(requested, call)
         if why is not None:
             raise BackendError(f"backend '{requested}' cannot run this {call.cell} call: {why}")
+        if not torch.compiler.is_compiling() and _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%s: backend %r, named (auto not asked)", dispatch.describe(call), requested)
         return requested
-    for name in _AUTO_ORDER.get(call.device.type, ()):
-        if name in _REGISTRY and why_not(name, call) is None:
-            return name
-    if call.device.type == "cuda":
+    choice = dispatch.choose(call)
+    if choice.backend == "reference" and call.device.type == "cuda":
         warnings.warn(
             "rnnkernels: no GPU backend can run this call; using the slow pure-torch "
             "'reference' backend",
             stacklevel=3,
         )
+    if not torch.compiler.is_compiling() and _log.isEnabledFor(logging.DEBUG):
+        _log.debug("%s", choice)
+    return choice.backend
+
+
+def auto_rule(call: LayerCall) -> str:
+    """What ``auto`` runs where no table entry decides: the first of ``_AUTO_ORDER`` for the
+    device that can run the call, else ``reference``."""
+    for name in _AUTO_ORDER.get(call.device.type, ()):
+        if name in _REGISTRY and why_not(name, call) is None:
+            return name
     return "reference"
 
 
@@ -310,6 +349,11 @@ def kernels(backend: str, cell: str) -> ModuleType:
             from rnnkernels.ops.gru import triton as module
         case "triton", "indrnn":
             from rnnkernels.ops.indrnn import triton as module
+        case "torch", _:
+            raise KeyError(
+                "backend 'torch' has no per-layer kernels: it runs whole calls (rnnkernels."
+                "functional branches to torch's fused op before the layer stack)"
+            )
         case _:
             raise KeyError(f"no {cell} kernels for backend {backend!r}")
     return module
@@ -338,3 +382,6 @@ def _unavailable(name: str) -> str | None:
 # imports torch._dynamo, which made `import rnnkernels` take 1 s and 150 MB more.
 # tests/test_compile.py compiles as the first call of a process.
 _unavailable._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+# Last: dispatch (auto's table) imports this module's names.
+from rnnkernels import dispatch  # noqa: E402

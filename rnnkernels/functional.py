@@ -4,6 +4,11 @@ Each layer and direction runs one input-projection GEMM over all time steps in t
 per-layer op (``torch.ops.rnnkernels.<cell>_fwd``) for the recurrence. Dropout between layers and
 (un)packing stay in torch. Every call is checked first (``validation.check_call``), before a
 backend is chosen, whether it comes from a module or straight to these functions.
+
+The backend is resolved once per call, before the layer stack (``_stack``). The ``torch`` backend
+is not a per-layer op: torch's fused RNN ops take ``x`` and ``W_ih``, not our ``gx``. So ``_stack``
+branches on it there, once, and ``_native`` runs the whole call as ``nn.LSTM`` / ``nn.GRU`` do,
+after the same check.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels.backends import LayerCall, get_backend, resolve
@@ -167,15 +172,22 @@ def _stack(
     """Runs every layer and direction; returns the output in the input's form and the final
     states, each [num_layers * D, B, size] (or [num_layers * D, size] for unbatched input)."""
     layout = _Layout(input, batch_first)
-    x, lengths = layout.x, layout.lengths
+    x = layout.x
     D = 2 if bidirectional else 1
+    R, H = state_sizes[0], state_sizes[-1]  # LSTM (R, H), the others (H,)
+    call = _describe(cell, layout, H, R, num_layers, bidirectional, weights)
+    name = reported(lambda: resolve(backend, call))
     if hx is None:
         hx = tuple(x.new_zeros(num_layers * D, layout.B, size) for size in state_sizes)
     elif layout.unbatched:
         hx = tuple(h.unsqueeze(1) for h in hx)
-    R, H = state_sizes[0], state_sizes[-1]  # LSTM (R, H), the others (H,)
-    name = reported(lambda: resolve(backend, LayerCall(cell, x.device, x.dtype, layout.B, H, R)))
+    if name == "torch":  # the whole call, by torch's fused op (the module docstring)
+        # Under torch.compile it runs eagerly, a graph break as nn.LSTM's own (inductor cannot
+        # lower its CPU kernel); auto never picks it there (rnnkernels.dispatch).
+        native = torch._dynamo.disable(_native) if torch.compiler.is_compiling() else _native
+        return native(cell, layout, hx, weights, num_layers, bidirectional, dropout, training)
     selection = get_backend() if backend is None else None  # checked again when the ops run
+    lengths = layout.index()
     layer_weights = [WEIGHTS[cell](*entry) for entry in weights]
     finals: list[tuple[Tensor, ...]] = []
     for layer in range(num_layers):
@@ -191,10 +203,71 @@ def _stack(
         x = torch.cat(outputs, -1) if D == 2 else outputs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
-    h_n = tuple(torch.stack(states) for states in zip(*finals))
-    if layout.unbatched:
-        return x.squeeze(1), tuple(h.squeeze(1) for h in h_n)
-    return layout.output(x), h_n
+    return layout.result(x, tuple(torch.stack(states) for states in zip(*finals)))
+
+
+def _describe(
+    cell: str,
+    layout: _Layout,
+    H: int,
+    R: int,
+    num_layers: int,
+    bidirectional: bool,
+    weights: Sequence[Sequence[Tensor | None]],
+) -> LayerCall:
+    """The call as backends and auto's dispatch table see it. Training: grad mode on and the input
+    or weight_ih_l0 requiring grad (every weight is not read: this runs on every call)."""
+    x = layout.x
+    grad = torch.is_grad_enabled() and (x.requires_grad or weights[0][0].requires_grad)
+    packed = layout.packed is not None
+    return LayerCall(cell, x.device, x.dtype, layout.B, H, R, layout.T, num_layers,
+                     bidirectional, packed, grad)  # fmt: skip
+
+
+def describe_call(module: Any, input: Tensor | PackedSequence, hx: Any = None) -> LayerCall:
+    """The ``LayerCall`` a module's call ``module(input, hx)`` resolves its backend from, after
+    the check the call makes (a malformed call raises). For ``rnnkernels.explain``."""
+    cell, H = module.mode.lower(), module.hidden_size
+    R = getattr(module, "proj_size", 0) or H
+    weights = module._layer_weights()
+    states = None if hx is None else tuple(hx) if cell == "lstm" else (hx,)
+    proj = module.proj_size if cell == "lstm" else None
+    reported(lambda: check_call(cell, input, states, weights, H, module.num_layers,
+                                module.bidirectional, module.batch_first, module.input_size,
+                                proj))  # fmt: skip
+    layout = _Layout(input, module.batch_first)
+    return _describe(cell, layout, H, R, module.num_layers, module.bidirectional, weights)
+
+
+def _native(
+    cell: str,
+    layout: _Layout,
+    hx: tuple[Tensor, ...],
+    weights: Sequence[Sequence[Tensor | None]],
+    num_layers: int,
+    bidirectional: bool,
+    dropout: float,
+    training: bool,
+) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
+    """The ``torch`` backend: the whole call by torch's fused op, ``_VF.lstm`` / ``_VF.gru``,
+    called as ``nn.LSTM.forward`` / ``nn.GRU.forward`` call it (torch/nn/modules/rnn.py): the
+    weights flat in torch's order (absent biases and projection left out), packed input as
+    (data, batch_sizes) with the states in sorted order, padded input time-major (torch runs
+    batch_first input transposed so). Its numbers are theirs, dropout included."""
+    flat = [w for entry in weights for w in entry if w is not None]
+    op = _VF.lstm if cell == "lstm" else _VF.gru
+    p = layout.packed
+    if p is not None and p.sorted_indices is not None:
+        hx = tuple(h.index_select(1, p.sorted_indices) for h in hx)
+    states = hx if cell == "lstm" else hx[0]
+    args = (flat, weights[0][2] is not None, num_layers, float(dropout), training, bidirectional)
+    if p is None:
+        y, *h_n = op(layout.x, states, *args, False)
+    else:
+        y, *h_n = op(p.data, p.batch_sizes, states, *args)
+        if p.unsorted_indices is not None:
+            h_n = [h.index_select(1, p.unsorted_indices) for h in h_n]
+    return layout.result(y, tuple(h_n))
 
 
 class _Layout:
@@ -213,15 +286,22 @@ class _Layout:
             self.x = input.data
             self.B = int(input.batch_sizes[0])
             self.T = len(input.batch_sizes)
-            sorted_indices = None if input.sorted_indices is None else input.sorted_indices.cpu()
-            lengths, positions, padding = _packed_index(input.batch_sizes, sorted_indices)
-            self.lengths = lengths.to(self.x.device)
-            self.positions = positions.to(self.x.device)
-            self.padding = padding.to(self.x.device)
         else:
             x = input.unsqueeze(1) if self.unbatched else input
             self.x = x.transpose(0, 1) if batch_first and not self.unbatched else x
-            self.B, self.lengths = self.x.shape[1], None
+            self.T, self.B = self.x.shape[0], self.x.shape[1]
+
+    def index(self) -> Tensor | None:
+        """The [B] sequence lengths (None for padded input), after computing, for packed input,
+        the positions that ``padded`` and ``unpadded`` use. Not in ``__init__``: the ``torch``
+        backend needs none of it."""
+        if self.packed is None:
+            return None
+        p, device = self.packed, self.x.device
+        sorted_indices = None if p.sorted_indices is None else p.sorted_indices.cpu()
+        lengths, positions, padding = _packed_index(p.batch_sizes, sorted_indices)
+        self.positions, self.padding = positions.to(device), padding.to(device)
+        return lengths.to(device)
 
     def padded(self, rows: Tensor) -> Tensor:
         """[N, G] rows in the input's layout -> [T, B, G], zero past each sequence's end."""
@@ -236,11 +316,16 @@ class _Layout:
             return y
         return _ToRows.apply(y.reshape(self.T * self.B, -1), self.positions, self.padding)
 
-    def output(self, x: Tensor) -> Tensor | PackedSequence:
+    def result(
+        self, x: Tensor, h_n: tuple[Tensor, ...]
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
+        """The output (time-major, or packed rows) in the input's form, and the final states."""
+        if self.unbatched:
+            return x.squeeze(1), tuple(h.squeeze(1) for h in h_n)
         if self.packed is not None:
             p = self.packed
-            return PackedSequence(x, p.batch_sizes, p.sorted_indices, p.unsorted_indices)
-        return x.transpose(0, 1) if self.batch_first else x
+            return PackedSequence(x, p.batch_sizes, p.sorted_indices, p.unsorted_indices), h_n
+        return (x.transpose(0, 1) if self.batch_first else x), h_n
 
 
 class _ToPadded(torch.autograd.Function):

@@ -4,7 +4,8 @@ For each shape of the chosen presets (``shapes.PRESETS``, the one table the pyte
 suite in ``benchmarks/`` also uses), each mode (``fwd`` under ``torch.no_grad``; ``fwdbwd`` =
 forward, then ``loss = output.sum() + final states sum`` backward into the input and every
 parameter) and each provider (``torch`` = ``rnnkernels.testing.torch_twin`` of the module: cuDNN
-on GPU, torch's CPU path on CPU, an eager loop for IndRNN; plus each backend), the providers are
+on GPU, torch's CPU path on CPU, an eager loop for IndRNN, which are also the ``torch`` backend's
+numbers; ``auto``, our module choosing per call; plus each other backend), the providers are
 warmed up, then called in turn (torch, backend, ..., torch, backend, ...) and the median time is
 reported with the speedup ``torch_ms / provider_ms`` from the same run, the time of each
 provider's first call (``first_ms``: JIT compile or kernel-cache load; never part of the median),
@@ -12,9 +13,12 @@ the GFLOP/s of the recurrent cell (:func:`cell_flops`), that rate as a fraction 
 GEMM rate measured at the start with a large ``torch.matmul``, and the peak memory of one call
 (:func:`measure.peak_memory`). Results go to JSON, CSV and a PNG plot.
 
+``--tune`` times the candidates ``auto`` chooses among instead and writes the dispatch table
+(``tune``; ``rnnkernels/dispatch.py``).
+
 Modules: ``shapes`` (the table, FLOPs), ``measure`` (providers, timing, memory, machine),
-``report`` (table, files, plot, compare), ``cli`` (options, :func:`main`). Nothing heavy is
-imported at import time.
+``report`` (table, files, plot, compare), ``tune`` (the dispatch table), ``cli`` (options,
+:func:`main`). Nothing heavy is imported at import time.
 """
 
 from rnnkernels.bench.cli import main, parse_args
@@ -28,7 +32,7 @@ from rnnkernels.bench.measure import (
     time_providers,
 )
 from rnnkernels.bench.report import compare
-from rnnkernels.bench.shapes import CELLS, MODES, PRESETS, Preset, Shape, cell_flops
+from rnnkernels.bench.shapes import CELLS, MODES, PRESETS, Preset, Shape, cell_flops, parse_shape
 
 __all__ = [
     "CELLS",
@@ -45,6 +49,7 @@ __all__ = [
     "main",
     "make_call",
     "parse_args",
+    "parse_shape",
     "peak_memory",
     "time_providers",
 ]

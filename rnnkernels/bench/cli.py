@@ -1,5 +1,6 @@
 """The command line of ``python -m rnnkernels.bench``: :func:`main` takes an argv list and returns
-the exit code (2 with a message for a bad option)."""
+the exit code (2 with a message for a bad option). ``--tune``, ``--show-table`` and
+``--reset-table`` are the dispatch table's commands (``bench/tune.py``, ``dispatch.py``)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import time
 import warnings
 from dataclasses import asdict
 
-from rnnkernels.bench import measure, report
+from rnnkernels.bench import measure, report, tune
 from rnnkernels.bench.shapes import (
     CELLS,
     DEFAULT_PRESET,
+    DEFAULT_TUNE_PRESETS,
     MODES,
     PRESETS,
     RENAMED_PRESETS,
+    Shape,
     cell_flops,
+    parse_shape,
 )
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -47,6 +51,23 @@ def _choices(allowed, what: str, known=(), renamed=None):
         return list(dict.fromkeys(items))
 
     return parse
+
+
+def _shape(text: str) -> Shape:
+    try:
+        return parse_shape(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of counts >= 1, got {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def _cuda_available() -> bool:
@@ -79,7 +100,16 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--shapes",
         type=_choices(list(PRESETS), "shape preset", renamed=RENAMED_PRESETS),
-        help="comma list of presets (default: 'default' on cpu, 'gpu' on cuda)",
+        help="comma list of presets (default: 'default' on cpu, 'gpu' on cuda; with --tune: "
+        "'default,small-batch,cpu-grid' on cpu, 'gpu' on cuda)",
+    )
+    p.add_argument(
+        "--shape",
+        type=_shape,
+        action="append",
+        metavar="SPEC",
+        help="a shape of your own, as a row reads: 'lstm T=100 B=32 H=256' (optional I=, L=, "
+        "proj=, reps=, bi, packed); repeatable; adds to --shapes (without --shapes, only these)",
     )
     p.add_argument(
         "--cells",
@@ -89,9 +119,11 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backends",
-        type=_choices(available, "backend", known),
-        help=f"comma list of backends to time against torch (available here: "
-        f"{','.join(available)}; default: those that run on the device)",
+        type=_choices(["auto", *available], "backend", known),
+        help=f"comma list of backends to time against torch (available here: auto,"
+        f"{','.join(available)}; default: auto and those that run on the device). The torch row "
+        "(nn.LSTM / nn.GRU: the torch backend's numbers) is always there; with --tune, the "
+        "candidates (default: those auto may choose among)",
     )
     p.add_argument(
         "--modes",
@@ -106,13 +138,36 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup", type=int, help="untimed calls per provider (default: 1 on cpu, 3 on cuda)"
     )
-    p.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=_counts,
+        help="torch.set_num_threads(N) (default: torch's); --tune takes a comma list and "
+        "measures each",
+    )
     p.add_argument(
         "--out",
         metavar="DIR",
         default="bench-results",
         help="write <stem>.json, .csv and .png here (default: %(default)s)",
     )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="measure the candidates per shape and mode and write the dispatch table auto reads "
+        "(the local one: $RNNKERNELS_DISPATCH_TABLE, else ~/.cache/rnnkernels/"
+        "dispatch_table.json)",
+    )
+    p.add_argument(
+        "--write-shipped-table",
+        action="store_true",
+        help="with --tune: write the table shipped in the package instead of the local one",
+    )
+    p.add_argument(
+        "--show-table",
+        action="store_true",
+        help="print where the dispatch tables are and their entries for this machine",
+    )
+    p.add_argument("--reset-table", action="store_true", help="delete the local dispatch table")
     p.add_argument(
         "--compare",
         nargs="+",
@@ -128,9 +183,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = parser(rnnkernels.available_backends(), rnnkernels.backend_names())
     args = p.parse_args(argv)
-    for name in ("reps", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
+    if args.reps is not None and args.reps < 1:
+        p.error("--reps must be >= 1")
+    if args.write_shipped_table and not args.tune:
+        p.error("--write-shipped-table goes with --tune")
+    if args.threads and not args.tune:
+        if len(args.threads) > 1:
+            p.error("--threads takes one count, or a comma list with --tune")
+        args.threads = args.threads[0]
     if args.warmup is not None and args.warmup < 0:
         p.error("--warmup must be >= 0")
     if args.compare:
@@ -152,15 +212,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
     if args.dtype in CUDA_ONLY_DTYPES and args.device != "cuda":
         p.error(f"--dtype {args.dtype} is for --device cuda only")
-    args.shapes = args.shapes or [DEFAULT_PRESET[args.device]]
+    defaults = DEFAULT_TUNE_PRESETS[args.device] if args.tune else [DEFAULT_PRESET[args.device]]
+    args.shapes = args.shapes or ([] if args.shape else list(defaults))
     for name in args.shapes:
         want = PRESETS[name].device
         if want is not None and want != args.device:
             p.error(f"shape preset {name!r} is for --device {want}, not {args.device}")
     if args.warmup is None:
         args.warmup = 3 if args.device == "cuda" else 1
-    if args.backends is None:
-        args.backends = _runnable_backends(args.device, args.dtype)
+    if args.tune:
+        listed = args.backends or tune.candidates(args.device, args.dtype)
+        args.backends = [b for b in listed if b != "auto"]
+    else:  # the torch row (nn.LSTM / nn.GRU) has the torch backend's numbers: no row of its own
+        listed = args.backends or ["auto", *_runnable_backends(args.device, args.dtype)]
+        args.backends = [b for b in listed if b != "torch"]
     return args
 
 
@@ -181,6 +246,13 @@ def _load(path: str) -> dict:
         return json.load(f)
 
 
+def shapes_of(args) -> list[Shape]:
+    """The shapes of ``args.shapes`` (presets) and ``args.shape`` (one's own), of ``args.cells``,
+    each once."""
+    listed = [s for name in args.shapes for s in PRESETS[name].shapes] + (args.shape or [])
+    return list(dict.fromkeys(s for s in listed if s.cell in args.cells))
+
+
 def run(args) -> tuple[dict, list[dict]]:
     """Runs the benchmark described by ``args``; returns (machine description, rows)."""
     import torch
@@ -188,11 +260,7 @@ def run(args) -> tuple[dict, list[dict]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, getattr(torch, args.dtype)
-    shapes = list(
-        dict.fromkeys(
-            s for name in args.shapes for s in PRESETS[name].shapes if s.cell in args.cells
-        )
-    )
+    shapes = shapes_of(args)
     machine = measure.machine_info(device)
     rate = measure.gemm_rate(dtype, device)
     machine.update(gemm_gflops=rate / 1e9, gemm_dtype=args.dtype)
@@ -292,12 +360,26 @@ def main(argv: list[str] | None = None) -> int:
         old, new = args.compare
         report.print_compare(_load(old), _load(new), old, new)
         return 0
+    if args.reset_table or args.show_table:
+        from rnnkernels import dispatch
+
+        if args.reset_table:
+            path = dispatch.local_table_path()
+            path.unlink(missing_ok=True)
+            print(f"removed {path}")
+        if args.show_table:
+            tune.show(args.device)
+        return 0
+    if args.tune:
+        tune.tune(args, shapes_of(args), sys.argv[1:] if argv is None else argv)
+        return 0
     start = time.perf_counter()
     machine, rows = run(args)
     elapsed = time.perf_counter() - start
 
+    shapes = ",".join(args.shapes + ["own"] * bool(args.shape))
     title = (
-        f"rnnkernels.bench --device {args.device} --shapes {','.join(args.shapes)} "
+        f"rnnkernels.bench --device {args.device} --shapes {shapes} "
         f"({args.dtype}, {machine['gpu'] or str(machine['threads']) + ' threads'}, "
         f"GEMM {machine['gemm_gflops']:.1f} GFLOP/s; speedup = torch ms / provider ms)"
     )
@@ -308,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.join(
         args.out, f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{args.device}-{args.dtype}"
     )
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "compare")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "compare", "shape")}
+    settings["own_shapes"] = [f"{s.cell} {s.label}" for s in args.shape or []]
     report.write_json(stem + ".json", machine, settings, rows)
     report.write_csv(stem + ".csv", machine, rows)
     written = [stem + ".json", stem + ".csv"]

@@ -46,6 +46,29 @@ class Shape:
         return [round(lo + (self.T - lo) * i / (self.B - 1)) for i in range(self.B)]
 
 
+def parse_shape(text: str) -> Shape:
+    """A shape as its row reads, cell first: ``lstm T=100 B=32 H=256`` (T, B and H required;
+    optionally I=, L= layers, proj=, reps=, and the words bi and packed). ValueError otherwise."""
+    cell, *words = text.replace(",", " ").split() or [""]
+    if cell not in CELLS:
+        raise ValueError(f"a shape starts with its cell ({', '.join(CELLS)}), got {text!r}")
+    fields = {"T": "T", "B": "B", "H": "H", "I": "I", "L": "layers", "proj": "proj", "reps": "reps"}
+    given: dict = {}
+    for word in words:
+        name, _, value = word.partition("=")
+        if word in ("bi", "packed"):
+            given["bidirectional" if word == "bi" else word] = True
+        elif name in fields and value.isdigit():
+            given[fields[name]] = int(value)
+        else:
+            raise ValueError(f"unknown part {word!r} of the shape {text!r}")
+    if not {"T", "B", "H"} <= set(given):
+        raise ValueError(f"a shape needs T=, B= and H=, got {text!r}")
+    if given.get("I") == given["H"]:
+        del given["I"]  # I=0 means I=H: the same shape as a preset's
+    return Shape(cell, **given)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named list of shapes and the device it is meant for (None: either)."""
@@ -158,6 +181,8 @@ PRESETS["gpu-all"] = Preset(
 )
 
 DEFAULT_PRESET = {"cpu": "default", "cuda": "gpu"}
+# What --tune measures by default: the CPU grid (forward and forward+backward), the GPU default.
+DEFAULT_TUNE_PRESETS = {"cpu": ("default", "small-batch", "cpu-grid"), "cuda": ("gpu",)}
 # Names the presets had before they were named by workload; accepted, with a warning, until the
 # next release.
 RENAMED_PRESETS = {"issue3": "cpu-grid", "issue6": "gpu-goals"}
