@@ -1,8 +1,10 @@
-"""What tests and benchmarks share: the tolerance table and torch's own twin of a module."""
+"""What tests and benchmarks share: the tolerance table, torch's own twin of a module, and random
+arguments for one layer's ops (``layer_args``, ``run_layer``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -151,3 +153,170 @@ class poison_allocations:
         enabled, warn_only, fill = self.saved
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+# --- one layer's ops ------------------------------------------------------------------------------
+
+# How many leading outputs of <cell>_fwd are results (y and the final states, differentiable);
+# the rest are saved for the backward (docs/design.md §3).
+N_OUT = {"lstm": 3, "gru": 2, "indrnn": 2}
+N_FWD = {"lstm": 5, "gru": 4, "indrnn": 2}  # all outputs of <cell>_fwd
+# Each cell's variant of its op (layer_args' ``variant``): LSTM the projection size (0: none), GRU
+# whether b_hh is given, IndRNN the nonlinearity.
+VARIANTS = {"lstm": (0, 2), "gru": (True, False), "indrnn": ("relu", "tanh")}
+
+
+def mixed_lengths(T: int, B: int) -> list[int]:
+    """Unsorted lengths with full rows, empty rows, rows past T (clipped, docs/design.md §3) and
+    gaps between the rows that are valid at a step."""
+    pattern = [T, 0, T // 2, T + 2, 1, T, max(T - 1, 1), 0, T + 1, 2]
+    return [pattern[b % len(pattern)] for b in range(B)]
+
+
+def lengths_arg(cell: str, args: Sequence) -> Tensor | None:
+    """The ``lengths`` among ``<cell>_fwd``'s arguments (layer_args)."""
+    return args[-3] if cell == "indrnn" else args[-2]
+
+
+def layer_args(
+    cell: str,
+    T: int = 5,
+    B: int = 4,
+    H: int = 3,
+    variant: int | bool | str | None = None,
+    lengths: Sequence[int] | Tensor | str | None = None,
+    reverse: bool = False,
+    dtype: torch.dtype = torch.float64,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    requires_grad: bool = False,
+) -> tuple:
+    """Random arguments of ``<cell>_fwd`` (the per-layer op contract, docs/design.md §3), in its
+    order: LSTM ``gx, w_hh, w_hr, h0, c0, lengths, reverse``; GRU ``gx, w_hh, b_hh, h0, lengths,
+    reverse``; IndRNN ``gx, u, h0, lengths, reverse, nonlinearity``.
+
+    ``variant`` (VARIANTS): LSTM the projection size P (0 or None: no ``w_hr``), GRU whether
+    ``b_hh`` is given (None: given), IndRNN the nonlinearity (None: ``"tanh"``). ``lengths``:
+    None, the lengths, ``"mixed"`` (mixed_lengths) or ``"sorted"`` (those, longest first).
+    Drawn in float64 from a generator seeded with ``seed``, then cast, so the same call gives the
+    same values in every dtype: gx, states and b_hh standard normal, W_hh and W_hr scaled by
+    1/sqrt(fan-in), IndRNN's u uniform in [-1, 1]. ``requires_grad`` makes the floating-point
+    tensors leaves."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0) -> Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    if cell == "lstm":
+        P = variant or 0
+        R = P or H
+        w_hr = rand(P, H, scale=H**-0.5) if P else None
+        tensors = [rand(T, B, 4 * H), rand(4 * H, R, scale=R**-0.5), w_hr, rand(B, R), rand(B, H)]
+        rest = ()
+    elif cell == "gru":
+        b_hh = rand(3 * H) if variant is None or variant else None
+        tensors = [rand(T, B, 3 * H), rand(3 * H, H, scale=H**-0.5), b_hh, rand(B, H)]
+        rest = ()
+    elif cell == "indrnn":
+        u = torch.rand(H, generator=g, dtype=torch.float64) * 2 - 1
+        tensors = [rand(T, B, H), u, rand(B, H)]
+        rest = (variant or "tanh",)
+    else:
+        raise ValueError(f"unknown cell {cell!r}")
+    tensors = [
+        None if t is None else t.to(device, dtype).requires_grad_(requires_grad) for t in tensors
+    ]
+    if isinstance(lengths, str):  # "mixed" or "sorted"
+        mixed = mixed_lengths(T, B)
+        lengths = sorted(mixed, reverse=True) if lengths == "sorted" else mixed
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths, dtype=torch.int64).to(device)
+    return (*tensors, lengths, reverse, *rest)
+
+
+def run_layer(
+    kernels, cell: str, args: Sequence, dtype: torch.dtype | None = None, seed: int = 1
+) -> list[Tensor]:
+    """``<cell>_fwd`` then ``<cell>_bwd`` of ``kernels`` (a backend's kernel module,
+    ``backends.kernels(backend, cell)``, or the oracle ``ops/<cell>/naive.py``) on ``args``
+    (layer_args), cast to ``dtype`` when given, with random cotangents (seeded with ``seed``) for
+    y and the final states. Returns every forward output (saved tensors included) and every
+    gradient (an absent weight's is an empty [0] tensor)."""
+    if dtype is not None:
+        args = [a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    outputs = getattr(kernels, f"{cell}_fwd")(*args)
+    n_out = N_OUT[cell]
+    g = torch.Generator().manual_seed(seed)
+    cotangents = [torch.randn(o.shape, generator=g).to(o) for o in outputs[:n_out]]
+    saved = (outputs[0], *outputs[n_out:])
+    grads = getattr(kernels, f"{cell}_bwd")(*cotangents, *args[1:], *saved)
+    return [*outputs, *grads]
+
+
+# --- test grids -----------------------------------------------------------------------------------
+
+
+def value_id(value: object) -> str:
+    """A test id for one parameter value: a dtype's name without ``torch.``, a name attribute
+    where the value has one, else str()."""
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return str(getattr(value, "name", value))
+
+
+def grid(
+    axes: Mapping[str, Sequence],
+    *,
+    together: Sequence[Sequence[str]] = (),
+    pairwise: bool = False,
+    ids: Mapping[str, Callable[[object], str]] | None = None,
+    marks: Sequence = (),
+) -> list:
+    """The product of ``axes`` (name -> values) as pytest params, each a tuple of values in the
+    axes' order, all but a covering subset marked ``slow``: the default run keeps a few cases
+    that between them hold every value of every axis, every combination of values of the axes
+    in each group of ``together``, and with ``pairwise`` every combination of values of every two
+    axes. Chosen greedily (the case covering most of what is still missing; on a tie the one
+    with most pairs of values not yet chosen together, then the first in product order), so the
+    subset is the same every run. ``-m slow`` runs the rest of the
+    product. ``ids``: per axis, the id of a value (default value_id); ``marks`` go on every
+    param."""
+    import pytest
+
+    names = list(axes)
+    groups = [tuple(group) for group in together]
+    if pairwise:
+        groups += list(itertools.combinations(names, 2))
+    ids = dict(ids or {})
+    combos = list(itertools.product(*axes.values()))
+    labels = [[ids.get(n, value_id)(v) for n, v in zip(names, combo)] for combo in combos]
+
+    def covers(labels: list[str]) -> set[tuple]:
+        value = dict(zip(names, labels))
+        return {((n, value[n]),) for n in names} | {
+            tuple((n, value[n]) for n in group) for group in groups
+        }
+
+    def pairs(labels: list[str]) -> set[tuple]:
+        return set(itertools.combinations(zip(names, labels), 2))
+
+    needed = set().union(*(covers(lab) for lab in labels))
+    unseen = set().union(*(pairs(lab) for lab in labels))
+    default = set()
+    while needed:  # most of what is missing; on a tie, most pairs of values not yet seen
+        best = max(
+            range(len(combos)),
+            key=lambda i: (len(covers(labels[i]) & needed), len(pairs(labels[i]) & unseen)),
+        )
+        default.add(best)
+        needed -= covers(labels[best])
+        unseen -= pairs(labels[best])
+    return [
+        pytest.param(
+            *combo,
+            id="-".join(part for part in label if part),
+            marks=[*marks, *([] if i in default else [pytest.mark.slow])],
+        )
+        for i, (combo, label) in enumerate(zip(combos, labels))
+    ]

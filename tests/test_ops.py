@@ -11,52 +11,43 @@ from rnnkernels.ops.indrnn import naive as indrnn_naive
 from rnnkernels.ops.indrnn.op import indrnn_bwd, indrnn_fwd
 from rnnkernels.ops.lstm import naive as lstm_naive
 from rnnkernels.ops.lstm.op import lstm_bwd, lstm_fwd
-from rnnkernels.testing import assert_close, needs, poison_allocations
+from rnnkernels.testing import (
+    VARIANTS,
+    assert_close,
+    grid,
+    layer_args,
+    needs,
+    poison_allocations,
+)
 
-T, B, H, P = 5, 4, 3, 2
-LENGTHS = [None, torch.tensor([5, 2, 1, 3])]
+T, B, H = 5, 5, 3
+# Unsorted, with a full row, an empty one, one past T (clipped), one of a single step.
+LENGTHS = [None, [5, 0, 9, 1, 3]]
 
 
 def rand(*shape, dtype=torch.float64):
     return torch.randn(*shape, dtype=dtype).requires_grad_()
 
 
-def lstm_args(proj, lengths, reverse, dtype=torch.float64):
-    torch.manual_seed(0)
-    R = P if proj else H
-    w_hr = rand(P, H, dtype=dtype) if proj else None
-    return (rand(T, B, 4 * H, dtype=dtype), rand(4 * H, R, dtype=dtype), w_hr,
-            rand(B, R, dtype=dtype), rand(B, H, dtype=dtype), lengths, reverse)  # fmt: skip
+def args_factory(cell):
+    """(variant, lengths, reverse, dtype) -> the op's arguments (testing.layer_args) as leaves;
+    seeds torch's generator for the cotangents drawn after."""
 
+    def make(variant, lengths, reverse, dtype=torch.float64):
+        torch.manual_seed(0)
+        return layer_args(cell, T, B, H, variant, lengths, reverse, dtype, requires_grad=True)
 
-def gru_args(bias, lengths, reverse, dtype=torch.float64):
-    torch.manual_seed(0)
-    b_hh = rand(3 * H, dtype=dtype) if bias else None
-    return (rand(T, B, 3 * H, dtype=dtype), rand(3 * H, H, dtype=dtype), b_hh,
-            rand(B, H, dtype=dtype), lengths, reverse)  # fmt: skip
-
-
-def indrnn_args(nonlinearity, lengths, reverse, dtype=torch.float64):
-    torch.manual_seed(0)
-    return (rand(T, B, H, dtype=dtype), rand(H, dtype=dtype), rand(B, H, dtype=dtype), lengths,
-            reverse, nonlinearity)  # fmt: skip
+    return make
 
 
 # cell -> (fwd op, bwd op, oracle fwd, oracle bwd, args factory, n_out): n_out is how many leading
 # outputs are results (differentiable); the rest are saved for the backward. Variants: VARIANTS.
 CELLS = {
-    "lstm": (lstm_fwd, lstm_bwd, lstm_naive.lstm_fwd, lstm_naive.lstm_bwd, lstm_args, 3),
-    "gru": (gru_fwd, gru_bwd, gru_naive.gru_fwd, gru_naive.gru_bwd, gru_args, 2),
-    "indrnn": (
-        indrnn_fwd,
-        indrnn_bwd,
-        indrnn_naive.indrnn_fwd,
-        indrnn_naive.indrnn_bwd,
-        indrnn_args,
-        2,
-    ),  # fmt: skip
-}
-VARIANTS = {"lstm": [False, True], "gru": [True, False], "indrnn": ["relu", "tanh"]}
+    "lstm": (lstm_fwd, lstm_bwd, lstm_naive.lstm_fwd, lstm_naive.lstm_bwd, args_factory("lstm"), 3),
+    "gru": (gru_fwd, gru_bwd, gru_naive.gru_fwd, gru_naive.gru_bwd, args_factory("gru"), 2),
+    "indrnn": (indrnn_fwd, indrnn_bwd, indrnn_naive.indrnn_fwd, indrnn_naive.indrnn_bwd,
+               args_factory("indrnn"), 2),
+}  # fmt: skip
 CASES = [
     (cell, variant, lengths, reverse)
     for cell in CELLS
@@ -68,6 +59,19 @@ def case_id(case):
     cell, variant, lengths, reverse = case
     steps = "lengths" if lengths is not None else "full"
     return f"{cell}-{variant}-{steps}-{'rev' if reverse else 'fwd'}"
+
+
+# The backends' cases: by default a covering subset (testing.grid), each cell with each of its
+# variants, with lengths and without, forward and reverse; -m slow runs them all.
+BACKEND_CASES = [
+    pytest.param(case, id=case_id(case), marks=p.marks)
+    for p in grid(
+        {"cell": list(CELLS), "variant": [0, 1], "lengths": LENGTHS, "reverse": [False, True]},
+        together=[("cell", "variant"), ("cell", "lengths"), ("cell", "reverse")],
+        ids={"lengths": lambda lengths: "lengths" if lengths else "full"},
+    )
+    for case in [(p.values[0], VARIANTS[p.values[0]][p.values[1]], *p.values[2:])]
+]
 
 
 def differentiable(args):
@@ -97,7 +101,7 @@ def test_oracle_backward_matches_autograd(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", BACKEND_CASES)
 def test_backend_matches_oracle(case, backend, dtype):
     """Each backend's op, forward and backward, against naive.py with autograd through it."""
     cell, variant, lengths, reverse = case
@@ -115,7 +119,7 @@ def test_backend_matches_oracle(case, backend, dtype):
         assert_close(a, b, f"gradient {k}")
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", BACKEND_CASES)
 def test_gradcheck_through_op(case, backend):
     cell, variant, lengths, reverse = case
     needs(backend, cell, torch.float64)
@@ -131,7 +135,7 @@ def test_gradcheck_through_op(case, backend):
     assert torch.autograd.gradcheck(run, differentiable(args), fast_mode=True)
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", BACKEND_CASES)
 def test_opcheck(case, backend):
     cell, variant, lengths, reverse = case
     needs(backend, cell)
@@ -149,7 +153,7 @@ def test_opcheck(case, backend):
                                      for a in bwd_args) + (backend,))  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", BACKEND_CASES)
 def test_every_output_element_is_written(case, backend):
     """Fresh allocations are NaN-filled: a NaN in any output means an element was not written."""
     cell, variant, lengths, reverse = case

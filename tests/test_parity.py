@@ -1,28 +1,38 @@
-"""Module-level parity with torch.nn.LSTM / torch.nn.GRU over the flag grid, per backend."""
+"""Modules against torch per (backend, cell) over the flag grid: LSTM and GRU against nn.LSTM /
+nn.GRU, IndRNN against an independent eager loop (testing.EagerIndRNN); outputs, final states and
+every gradient. Each grid's default run is a pairwise covering subset (testing.grid: every two
+flags in every combination of their values at least once); ``-m slow`` runs the whole grid."""
 
 import itertools
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import rnnkernels
-from rnnkernels.testing import assert_close, needs, outputs_and_grads, torch_twin
+from rnnkernels.testing import EagerIndRNN, assert_close, grid, needs, outputs_and_grads, torch_twin
 
 I, H, P = 3, 5, 2
 T, B = 6, 6
 PACKED_LENGTHS = [6, 4, 1, 6, 2, 4]  # unsorted; sorted batch sizes [6,5,5,2,1,1]
 
-GRID = list(
-    itertools.product(
-        [True, False],  # bias
-        [False, True],  # batch_first
-        [False, True],  # bidirectional
-        [1, 2],  # num_layers
-        ["padded", "packed", "unbatched"],
-        [False, True],  # hx given
-    )
-)
+FLAGS = {
+    "bias": [True, False],
+    "batch_first": [False, True],
+    "bidirectional": [False, True],
+    "num_layers": [1, 2],
+    "layout": ["padded", "packed", "unbatched"],
+    "with_hx": [False, True],
+}
+GRID = list(itertools.product(*FLAGS.values()))  # the whole grid (test_triton_gpu.py runs it)
+
+
+def flag_ids(name):
+    return lambda value: f"{name}={value}" if isinstance(value, bool) else str(value)
+
+
+IDS = {name: flag_ids(name) for name in ("bias", "batch_first", "bidirectional", "with_hx")}
+IDS["num_layers"] = lambda n: f"L{n}"
 
 
 def make_input(layout, batch_first, dtype=torch.float32, T=T, B=B, I=I, seed=0):
@@ -57,8 +67,10 @@ def check_against_torch(module, x, hx, used=None):
         assert_close(a, b, f"gradient of {name}")
 
 
-@pytest.mark.parametrize("proj_size", [0, P])
-@pytest.mark.parametrize("bias,batch_first,bidirectional,num_layers,layout,with_hx", GRID)
+@pytest.mark.parametrize(
+    "bias,batch_first,bidirectional,num_layers,layout,with_hx,proj_size",
+    grid({**FLAGS, "proj_size": [0, P]}, pairwise=True, ids={**IDS, "proj_size": "P{}".format}),
+)
 def test_lstm_matches_torch(backend, bias, batch_first, bidirectional, num_layers, layout,
                             with_hx, proj_size):  # fmt: skip
     needs(backend, "lstm")
@@ -69,13 +81,107 @@ def test_lstm_matches_torch(backend, bias, batch_first, bidirectional, num_layer
     check_against_torch(m, x, hx)
 
 
-@pytest.mark.parametrize("bias,batch_first,bidirectional,num_layers,layout,with_hx", GRID)
+@pytest.mark.parametrize(
+    "bias,batch_first,bidirectional,num_layers,layout,with_hx",
+    grid(FLAGS, pairwise=True, ids=IDS),
+)
 def test_gru_matches_torch(backend, bias, batch_first, bidirectional, num_layers, layout, with_hx):
     needs(backend, "gru")
     m = rnnkernels.GRU(I, H, num_layers, bias, batch_first, 0.0, bidirectional, backend=backend)
     x = make_input(layout, batch_first)
     hx = make_hx(m, layout, (H,)) if with_hx else None
     check_against_torch(m, x, hx)
+
+
+INDRNN_FLAGS = {
+    # (nonlinearity, recurrent_max_abs): the clamp is for relu, whose states it bounds
+    "activation": [("relu", None), ("relu", 0.5), ("tanh", None)],
+    **{name: FLAGS[name] for name in ("num_layers", "bidirectional", "batch_first", "bias")},
+    "with_hx": FLAGS["with_hx"],
+}
+
+
+@pytest.mark.parametrize(
+    "activation,num_layers,bidirectional,batch_first,bias,with_hx",
+    grid(INDRNN_FLAGS, pairwise=True,
+         ids={**IDS, "activation": lambda a: a[0] + (f"-max{a[1]}" if a[1] else "")}),
+)  # fmt: skip
+def test_indrnn_matches_eager_loop(
+    backend, activation, num_layers, bidirectional, batch_first, bias, with_hx
+):
+    """Padded input (the eager loop's); packed input: test_packed_indrnn_matches_each_sequence_
+    alone."""
+    needs(backend, "indrnn")
+    nonlinearity, max_abs = activation
+    torch.manual_seed(0)
+    Ti, Bi, Hi = 7, 4, 5
+    m = rnnkernels.IndRNN(I, Hi, num_layers, nonlinearity, bias, batch_first, 0.0, bidirectional,
+                          recurrent_max_abs=max_abs, backend=backend)  # fmt: skip
+    with torch.no_grad():  # spread u over [-1.5, 1.5] so the clamp bites when set
+        for name, p in m.named_parameters():
+            if name.startswith("weight_hh"):
+                p.uniform_(-1.5, 1.5)
+    shape = (Bi, Ti, I) if batch_first else (Ti, Bi, I)
+    x = torch.randn(*shape, requires_grad=True)
+    hx = torch.randn(num_layers * m.num_directions, Bi, Hi, requires_grad=True) if with_hx else None
+    ours, ours_grads = outputs_and_grads(m, x, hx)
+    ref, ref_grads = outputs_and_grads(EagerIndRNN(m), x, hx)
+    for a, b in zip(ours + ours_grads, ref + ref_grads):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_packed_indrnn_matches_each_sequence_alone(backend, bidirectional, nonlinearity):
+    needs(backend, "indrnn")
+    torch.manual_seed(0)
+    m = rnnkernels.IndRNN(I, H, 2, nonlinearity, bidirectional=bidirectional, backend=backend)
+    seqs = [torch.randn(n, I, requires_grad=True) for n in [3, 7, 1, 5, 7, 2]]
+    out, h_n = m(pack_sequence(seqs, enforce_sorted=False))
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(out)
+    eager = EagerIndRNN(m)
+    for b, seq in enumerate(seqs):
+        y, h = eager(seq.unsqueeze(1))
+        assert_close(padded[: lengths[b], b], y[:, 0])
+        assert (padded[lengths[b] :, b] == 0).all()
+        assert_close(h_n[:, b], h[:, 0])
+        ours_grad = torch.autograd.grad(padded[: lengths[b], b].sum() + h_n[:, b].sum(), seq,
+                                        retain_graph=True)  # fmt: skip
+        ref_grad = torch.autograd.grad(y.sum() + h.sum(), seq)
+        assert_close(ours_grad[0], ref_grad[0])
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_indrnn_module_gradcheck(backend, nonlinearity):
+    needs(backend, "indrnn", torch.float64)
+    torch.manual_seed(0)
+    m = rnnkernels.IndRNN(2, 3, 2, nonlinearity, bidirectional=True, recurrent_max_abs=0.9,
+                          dtype=torch.float64, backend=backend)  # fmt: skip
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    params = list(m.parameters())
+
+    def run(x, h0, *weights):
+        out, h_n = torch.func.functional_call(
+            m, dict(zip([n for n, _ in m.named_parameters()], weights)), (x, h0)
+        )
+        return out, h_n
+
+    assert torch.autograd.gradcheck(run, (x, h0, *params), fast_mode=True)
+
+
+def test_recurrent_max_abs_clamps_u():
+    m = rnnkernels.IndRNN(2, 3, recurrent_max_abs=0.25)
+    with torch.no_grad():
+        m.weight_hh_l0.copy_(torch.tensor([2.0, -2.0, 0.1]))
+    clamped = rnnkernels.IndRNN(2, 3)
+    clamped.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        clamped.weight_hh_l0.copy_(torch.tensor([0.25, -0.25, 0.1]))
+    x = torch.randn(5, 2, 2)
+    assert torch.equal(m(x)[0], clamped(x)[0])
+    u_grad = torch.autograd.grad(m(x)[0].sum(), m.weight_hh_l0)[0]
+    assert u_grad[0] == 0 and u_grad[1] == 0  # clamped entries get no gradient
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -13,9 +13,17 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnkernels
+from rnnkernels.backends import kernels
 from rnnkernels.ops.lstm import naive
 from rnnkernels.ops.lstm.op import lstm_fwd
-from rnnkernels.testing import TOLERANCES, assert_close, outputs_and_grads, torch_twin
+from rnnkernels.testing import (
+    TOLERANCES,
+    assert_close,
+    layer_args,
+    outputs_and_grads,
+    run_layer,
+    torch_twin,
+)
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
@@ -161,25 +169,16 @@ def test_split_programs_match_one_program_bitwise(cell, P, reverse, monkeypatch)
     """A batch tile's hidden tiles split across programs that meet at step_barrier give the bits
     that one program walking all of them gives (the same dots in the same order): forward and
     backward, T=40, B=70 (three batch tiles), H=300 (ten hidden tiles), mixed lengths."""
-    import test_triton_gru
-    import test_triton_lstm
-
     from rnnkernels.ops import triton_common
-    from rnnkernels.ops.gru import triton as gru_kernels
-    from rnnkernels.ops.lstm import triton as lstm_kernels
 
     T, B, H = 40, 70, 300
-    if cell == "lstm":
-        args = test_triton_lstm.layer_args(T, B, H, P, "mixed", reverse, torch.float32)
-        module, run = lstm_kernels, test_triton_lstm.run_layer
-    else:
-        lengths = test_triton_gru.lengths_of(T, B)
-        args = test_triton_gru.layer_args(T, B, H, lengths, reverse, torch.float32)
-        module, run = gru_kernels, test_triton_gru.run_layer
+    args = layer_args(cell, T, B, H, P if cell == "lstm" else True, "mixed", reverse,
+                      torch.float32, device=DEVICE)  # fmt: skip
+    module = kernels("triton", cell)
     assert triton_common.split_programs(torch.device(DEVICE), 5, 10, 2 * T) == 10
-    split = run(module, args)
+    split = run_layer(module, cell, args)
     monkeypatch.setattr(triton_common, "MAX_SPLIT", 1)
-    one = run(module, args)
+    one = run_layer(module, cell, args)
     for k, (a, b) in enumerate(zip(split, one)):
         assert torch.equal(a, b), f"tensor {k}: {(a - b).abs().max()}"
 
@@ -207,28 +206,20 @@ def test_weights_on_chip_match_streaming(cell, P, reverse, dtype, monkeypatch):
     both chosen, checked) against the streaming kernels, within the dtype's bar. The budget
     is lifted, on any GPU: fp32 here has TF32 off, whose slices of H=100 spill registers, which
     is slow but must still be right."""
-    import test_triton_gru
-    import test_triton_lstm
-
     from rnnkernels.ops import triton_common
-    from rnnkernels.ops.gru import triton as gru_kernels
-    from rnnkernels.ops.lstm import triton as lstm_kernels
 
     T, B, H = 40, 70, 100
-    if cell == "lstm":
-        args = test_triton_lstm.layer_args(T, B, H, P, "mixed", reverse, dtype)
-        module, run = lstm_kernels, test_triton_lstm.run_layer
-    else:
-        args = test_triton_gru.layer_args(T, B, H, test_triton_gru.lengths_of(T, B), reverse, dtype)
-        module, run = gru_kernels, test_triton_gru.run_layer
-    streaming = run(module, args)
+    args = layer_args(cell, T, B, H, P if cell == "lstm" else True, "mixed", reverse, dtype,
+                      device=DEVICE)  # fmt: skip
+    module = kernels("triton", cell)
+    streaming = run_layer(module, cell, args)
     recorders = {}
     for name in [n for n in dir(module) if n.endswith("_kernel")]:
         recorders[name] = Recorder(getattr(module, name))
         monkeypatch.setattr(module, name, recorders[name])
     monkeypatch.setattr(triton_common, "WEIGHTS_ON_CHIP", True)
     monkeypatch.setattr(triton_common, "on_chip_budget", lambda device, dtype: 2**40)
-    on_chip = run(module, args)
+    on_chip = run_layer(module, cell, args)
     assert all(r.stationary == [True] for r in recorders.values()), recorders
     for k, (a, b) in enumerate(zip(on_chip, streaming)):
         assert_close(a, b, f"tensor {k}")

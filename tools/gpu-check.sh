@@ -12,7 +12,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__, torch.cuda.get_device_name())"
 start=$SECONDS
-tests=${TESTS:-tests/test_triton_gpu.py tests/test_triton_lstm.py tests/test_triton_gru.py tests/test_triton_indrnn.py}
+tests=${TESTS:-tests/test_triton_gpu.py tests/test_triton.py tests/test_kernels.py}
 timeout -s INT -k 15 "${TEST_S:-150}" python3 -m pytest -q -n 8 -p no:cacheprovider \
   --timeout 100 --timeout-method thread $tests >"$out/tests.log" 2>&1
 echo "tests rc=$? in $((SECONDS - start)) s"; grep -E "passed|failed|error" "$out/tests.log" | tail -3

@@ -15,7 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 import triton
 
-sys.path.insert(0, "tests")
+from rnnkernels.testing import layer_args
+
 T = 256
 SHAPES = [  # cell, B, H, dtype
     ("lstm", 16, 768, torch.float16),
@@ -54,10 +55,8 @@ def setup(cell, B, H, dtype, knobs):
     for k, v in knobs.items():
         if k not in COMMON:
             setattr(module, k, v)
+    args = layer_args(cell, T, B, H, None, None, False, dtype, device="cuda")
     if cell == "lstm":
-        import test_triton_lstm as t
-
-        args = t.layer_args(T, B, H, 0, None, False, dtype)
         y, hT, cT, gates, cells = module.lstm_fwd(*args)
         gy, ghT, gcT = (torch.randn_like(v) for v in (y, hT, cT))
 
@@ -67,9 +66,6 @@ def setup(cell, B, H, dtype, knobs):
         def bwd():
             module.lstm_bwd(gy, ghT, gcT, *args[1:], y, gates, cells)
     else:
-        import test_triton_gru as t
-
-        args = t.layer_args(T, B, H, None, False, dtype)
         y, hT, gates, hn = module.gru_fwd(*args)
         gy, ghT = torch.randn_like(y), torch.randn_like(hT)
 
