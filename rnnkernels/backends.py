@@ -28,8 +28,7 @@ import warnings
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -321,9 +320,10 @@ def auto_rule(call: LayerCall) -> str:
     return "reference"
 
 
-def kernels(backend: str, cell: str) -> ModuleType:
-    """The module holding ``<cell>_fwd`` / ``<cell>_bwd`` of ``backend``, imported on first use
-    (numba compiles its kernels, cpp loads the extension, triton imports Triton)."""
+def kernels(backend: str, cell: str) -> Any:
+    """What holds ``<cell>_fwd`` / ``<cell>_bwd`` of ``backend`` (a module; for cpp the
+    ``torch.ops.rnnkernels_cpp`` namespace), loaded on first use (numba compiles its kernels, cpp
+    loads the extension, triton imports Triton)."""
     match backend, cell:
         case "reference", "lstm":
             from rnnkernels.ops.lstm import naive as module
@@ -331,12 +331,11 @@ def kernels(backend: str, cell: str) -> ModuleType:
             from rnnkernels.ops.gru import naive as module
         case "reference", "indrnn":
             from rnnkernels.ops.indrnn import naive as module
-        case "cpp", "lstm":
-            from rnnkernels.ops.lstm import cpp as module
-        case "cpp", "gru":
-            from rnnkernels.ops.gru import cpp as module
-        case "cpp", "indrnn":
-            from rnnkernels.ops.indrnn import cpp as module
+        case "cpp", _:
+            # the C++ extension's dispatcher ops (csrc/torch/ops.cpp), every cell's, are the
+            # kernels as they are: naive.py's arguments and returns
+            importlib.import_module("rnnkernels._C")  # loading it registers them
+            return torch.ops.rnnkernels_cpp
         case "numba", "lstm":
             from rnnkernels.ops.lstm import numba as module
         case "numba", "gru":

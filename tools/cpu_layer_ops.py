@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from rnnkernels.ops.gru import cpp as gru
-from rnnkernels.ops.indrnn import cpp as indrnn
-from rnnkernels.ops.lstm import cpp as lstm
+from rnnkernels.backends import kernels
+
+lstm = gru = indrnn = kernels("cpp", "lstm")  # torch.ops.rnnkernels_cpp: every cell's ops
 
 SHAPES = [
     (100, 32, 256, 15),
