@@ -155,11 +155,7 @@ def _check_input(
         )
     if not data.is_floating_point():
         raise ValueError(f"{mode}: input must be a floating-point tensor, got {data.dtype}")
-    if data.device != weight.device:
-        raise RuntimeError(
-            "Input and parameter tensors are not at the same device, found input tensor at "
-            f"{data.device} and parameter tensor at {weight.device}"
-        )
+    _check_device(data, weight, "parameter")
     if data.dim() != expected_dim:
         raise RuntimeError(f"input must have {expected_dim} dimensions, got {data.dim()}")
     if input_size is not None and data.size(-1) != input_size:
@@ -254,11 +250,7 @@ def _check_weights(
                 )
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
-            if tensor.device != data.device:
-                raise RuntimeError(
-                    "Input and parameter tensors are not at the same device, found input tensor "
-                    f"at {data.device} and parameter tensor at {tensor.device}"
-                )
+            _check_device(data, tensor, "parameter")
             if tensor.dtype != reference.dtype:
                 raise ValueError(
                     f"{name} has dtype {tensor.dtype}, but weight_ih_l0 has {reference.dtype}: "
@@ -307,13 +299,18 @@ def _check_states(
         expected = (layers, batch, size)
         if h_shape != expected:
             raise RuntimeError(f"Expected {name} size {expected}, got {list(h_shape)}")
-        if h.device != data.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{data.device} and hidden tensor at {h.device}"
-            )
+        _check_device(data, h, "hidden")
         if h.dtype != data.dtype:
             raise ValueError(f"{name} dtype ({h.dtype}) does not match input dtype ({data.dtype})")
+
+
+def _check_device(data: Tensor, tensor: Tensor, kind: str) -> None:
+    """``tensor`` (a ``kind``: "parameter" or "hidden") on the input's device; torch's message."""
+    if tensor.device != data.device:
+        raise RuntimeError(
+            f"Input and {kind} tensors are not at the same device, found input tensor at "
+            f"{data.device} and {kind} tensor at {tensor.device}"
+        )
 
 
 def _state_name(k: int, count: int) -> str:
