@@ -184,7 +184,7 @@ def _stack(
     if name == "torch":  # the whole call, by torch's fused op (the module docstring)
         # Under torch.compile it runs eagerly, a graph break as nn.LSTM's own (inductor cannot
         # lower its CPU kernel); auto never picks it there (rnnkernels.dispatch).
-        native = torch._dynamo.disable(_native) if torch.compiler.is_compiling() else _native
+        native = _native_eager if torch.compiler.is_compiling() else _native
         return native(cell, layout, hx, weights, num_layers, bidirectional, dropout, training)
     selection = get_backend() if backend is None else None  # checked again when the ops run
     lengths = layout.index()
@@ -268,6 +268,16 @@ def _native(
         if p.unsorted_indices is not None:
             h_n = [h.index_select(1, p.unsorted_indices) for h in h_n]
     return layout.result(y, tuple(h_n))
+
+
+# _native as a compiled graph calls it: run eagerly, a graph break whose message (under
+# fullgraph=True, an error) says why in our terms.
+_native_eager = torch._dynamo.disable(
+    _native,
+    reason="rnnkernels: backend='torch' runs torch's own fused LSTM/GRU op, which torch.compile "
+    "cannot trace (a graph break, as for nn.LSTM); with fullgraph=True use backend='auto' or a "
+    "kernel backend ('cpp', 'numba', 'triton', 'reference')",
+)
 
 
 class _Layout:
