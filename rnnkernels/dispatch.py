@@ -13,7 +13,9 @@ The table says which backend was fastest for a class of calls, as ``python -m rn
 
 A file holds runs. A run is one tuning command on one machine: its device class, its thread
 count, where it came from (``source``: CPU model, torch version, date, command) and its entries,
-one per class of calls, each with the shape measured and the milliseconds each candidate took.
+one per class of calls, each with the shape measured and the milliseconds each candidate took
+(or, where the source names a ``unit``, times in that unit: the GPU run transcribed from the
+ratios to cuDNN in benchmarks/gpu-h200.md gives times relative to cuDNN's).
 
 An entry's key: the run's device class and threads, then the entry's cell, dtype, mode, B, H, T
 classes, layers, bidirectional, proj and packed.
@@ -391,7 +393,10 @@ class Choice(NamedTuple):
         if self.entry is None:
             return f"by {rule}: no dispatch table entry for {_key_text(self.key)}"
         fields, source = self.entry.fields, self.entry.run["source"]
-        ms = ", ".join(f"{name} {fields['ms'][name]:.3g} ms" for name in self.entry.ranking)
+        unit = source.get("unit")  # a run transcribed from ratios: times relative to one
+        suffix = "" if unit else " ms"
+        ms = ", ".join(f"{name} {fields['ms'][name]:.3g}{suffix}" for name in self.entry.ranking)
+        ms += f" ({unit})" if unit else ""
         if "torch" in self.entry.ranking:
             ms += f" (torch ranks first unless {100 * TORCH_MARGIN:.0f}% slower)"
         text = (

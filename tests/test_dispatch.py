@@ -313,8 +313,37 @@ def test_the_shipped_table_reads_and_says_where_it_came_from():
     assert runs
     for r in runs:
         assert {"cpu", "torch", "date", "command"} <= set(r["source"])
-        assert r["source"]["command"].startswith("python -m rnnkernels.bench --tune")
+        assert r["source"]["command"].startswith("python -m rnnkernels.bench")
         assert r["entries"]
+
+
+@pytest.mark.parametrize(
+    "cell, T, B, H, dtype, grad, expected",
+    [
+        ("lstm", 1024, 16, 768, torch.float16, False, "torch"),  # cuDNN's persistent kernel
+        ("lstm", 1024, 16, 768, torch.float16, True, "torch"),
+        ("lstm", 1000, 16, 128, torch.float32, True, "torch"),
+        ("gru", 1000, 16, 128, torch.float32, False, "torch"),
+        ("lstm", 3000, 6, 64, torch.float32, False, "torch"),
+        ("lstm", 1024, 16, 768, torch.bfloat16, True, "triton"),
+        ("gru", 1024, 16, 768, torch.float16, False, "triton"),
+        ("lstm", 1024, 16, 768, torch.float32, False, "triton"),
+    ],
+)
+def test_the_shipped_table_routes_the_h200_rows(monkeypatch, cell, T, B, H, dtype, grad, expected):
+    """The H200 rows of the issue (benchmarks/gpu-h200.md) run cuDNN under auto, the rows where
+    Triton is faster run Triton: the shipped table's cuda-sm90 run, on a faked sm_90 device."""
+    monkeypatch.setattr(dispatch, "device_class", lambda device: "cuda-sm90")
+    monkeypatch.setenv(dispatch.TABLE_ENV, "/nonexistent/local.json")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # triton can run (faked) CUDA calls
+    dispatch.reload()
+    try:
+        call = LayerCall(cell, CUDA, dtype, B=B, H=H, R=H, T=T, grad=grad)
+        choice = dispatch.choose(call)
+    finally:
+        dispatch.reload()
+    assert choice.backend == expected, str(choice)
+    assert "relative times, cuDNN = 1" in str(choice) and "NVIDIA H200" in str(choice)
 
 
 # --- explain and the log --------------------------------------------------------------------------
