@@ -2,7 +2,6 @@
 pieces it is built from: the FLOP formula, the CPU peak-memory measurement, the shape table."""
 
 import csv
-import functools
 import json
 
 import pytest
@@ -23,9 +22,22 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+def test_peak_rate_is_the_fma_rate_on_cpu_else_the_best_matmul(keep_threads):
+    """The "% peak" column divides by the cores' FMA rate (float32, the extension built), else by the best of
+    MKL's and oneDNN's matmul, and says which."""
+    from rnnkernels import backends
+
+    torch.set_num_threads(1)
+    if backends.why_unavailable("cpp") is None:
+        rate, source = bench.measure.peak_rate(torch.float32, "cpu", reps=2)
+        assert source == "FMA peak on 1 thread(s)" and rate > 1e9
+    rate, source = bench.measure.peak_rate(torch.float64, "cpu", reps=1)
+    assert source.endswith("2048x2048") and rate > 1e8
+
+
 def test_main_writes_json_csv_png(tmp_path, capsys, monkeypatch, keep_threads):
-    # The real GEMM-rate measurement on a smaller matrix (2048^3 products take seconds of CPU).
-    monkeypatch.setattr(bench.measure, "gemm_rate", functools.partial(bench.gemm_rate, n=256))
+    # The peak rate is measured in test_peak_rate (a 2048^3 fp64 product takes a second).
+    monkeypatch.setattr(bench.measure, "peak_rate", lambda *args, **kwargs: (1e11, "test"))
     # One thread: tiny tensors, and OpenMP threads spinning on a loaded machine are slow.
     argv = ["--device", "cpu", "--shapes", "tiny", "--reps", "1", "--threads", "1"]
     assert bench.main([*argv, "--out", str(tmp_path)]) == 0
@@ -38,8 +50,8 @@ def test_main_writes_json_csv_png(tmp_path, capsys, monkeypatch, keep_threads):
 
     result = json.loads(js.read_text())
     machine = result["machine"]
-    assert {"cpu", "cores", "threads", "torch", "python", "gemm_gflops", "device"} <= set(machine)
-    assert machine["device"] == "cpu" and machine["gemm_gflops"] > 0
+    assert {"cpu", "cores", "threads", "torch", "python", "peak_gflops", "device"} <= set(machine)
+    assert machine["device"] == "cpu" and machine["peak_gflops"] > 0
     rows = result["rows"]
     expected = {
         (s.cell, s.label, m, p)
@@ -54,7 +66,7 @@ def test_main_writes_json_csv_png(tmp_path, capsys, monkeypatch, keep_threads):
         if r["note"] is None:  # a provider that cannot run a cell carries a note instead
             assert r["ms"] > 0 and len(r["times_ms"]) == 1 and r["gflops"] > 0
             assert r["first_ms"] > 0  # the warmup call, timed apart from the median
-            assert r["peak_bytes"] > 0 and r["gemm_fraction"] > 0
+            assert r["peak_bytes"] > 0 and r["peak_fraction"] > 0
         else:
             assert r["ms"] is None and r["first_ms"] is None and r["note"].startswith("skipped:")
         if r["provider"] == "torch":
@@ -118,7 +130,7 @@ def test_compare_two_saved_runs(tmp_path, capsys):
 
 
 def test_compare_after_a_run(tmp_path, capsys, monkeypatch, keep_threads):
-    monkeypatch.setattr(bench.measure, "gemm_rate", lambda *args, **kwargs: 1e11)
+    monkeypatch.setattr(bench.measure, "peak_rate", lambda *args, **kwargs: (1e11, "test"))
     shape = bench.PRESETS["tiny"].shapes[2].label  # indrnn
     old = _saved(tmp_path / "old.json", [_row("indrnn", "fwd", "torch", 1e6, shape)], device="cpu")
     argv = ["--device", "cpu", "--shapes", "tiny", "--cells", "indrnn", "--modes", "fwd"]

@@ -10,8 +10,8 @@ warmed up, then called in turn (torch, backend, ..., torch, backend, ...) and th
 reported with the speedup ``torch_ms / provider_ms`` from the same run, the time of each
 provider's first call (``first_ms``: JIT compile or kernel-cache load; never part of the median),
 the GFLOP/s of the recurrent cell (:func:`cell_flops`), that rate as a fraction of this machine's
-GEMM rate measured at the start with a large ``torch.matmul``, and the peak memory of one call
-(:func:`measure.peak_memory`). Results go to JSON, CSV and a PNG plot.
+peak rate measured at the start (:func:`measure.peak_rate`: the cores' FMA rate on CPU), and the
+peak memory of one call (:func:`measure.peak_memory`). Results go to JSON, CSV and a PNG plot.
 
 ``--tune`` times the candidates ``auto`` chooses among instead and writes the dispatch table
 (``tune``; ``rnnkernels/dispatch.py``).
@@ -25,10 +25,10 @@ from rnnkernels.bench.cli import main, parse_args
 from rnnkernels.bench.measure import (
     build_case,
     clear_grads,
-    gemm_rate,
     machine_info,
     make_call,
     peak_memory,
+    peak_rate,
     time_providers,
 )
 from rnnkernels.bench.report import compare
@@ -44,7 +44,7 @@ __all__ = [
     "cell_flops",
     "clear_grads",
     "compare",
-    "gemm_rate",
+    "peak_rate",
     "machine_info",
     "main",
     "make_call",

@@ -197,20 +197,41 @@ def peak_memory(fn, device: str, before=None) -> int | None:
     return peak
 
 
-def gemm_rate(dtype, device: str = "cpu", n: int | None = None, reps: int = 5) -> float:
-    """This machine's measured matmul rate in FLOP/s: the best of ``reps`` n x n products (the
-    machine's attainable rate; the best, not the median, so background load distorts it less).
-    n defaults to 2048 on CPU, 8192 on CUDA."""
+def peak_rate(dtype, device: str = "cpu", reps: int = 5) -> tuple[float, str]:
+    """The rate the "% peak" column divides by, in FLOP/s, and what it is: the best of ``reps``
+    measurements each (the best, not the median, so background load distorts it less).
+
+    CPU, float32: the cores' FMA rate on torch's threads (``torch.ops.rnnkernels_cpp.fma_rate``,
+    csrc/cpu/peak.cpp), where the C++ extension is built; a large matmul is no ceiling there (on a
+    2-vCPU Zen 4, MKL's sgemm ran at 95-150 GFLOP/s and torch's LSTM at 182). Else, and for other
+    dtypes, the best of torch.matmul (MKL on x86 CPUs) and oneDNN's matmul
+    (``torch.ops.mkldnn._linear_pointwise``; not float64) on 2048 x 2048 operands; CUDA:
+    torch.matmul on 8192 x 8192 operands."""
     import torch
 
-    n = n or (8192 if device == "cuda" else 2048)
+    from rnnkernels import backends
+
+    if device == "cpu" and dtype == torch.float32 and backends.why_unavailable("cpp") is None:
+        backends.kernels("cpp", "lstm")  # loads the extension, which registers fma_rate
+        rate = max(torch.ops.rnnkernels_cpp.fma_rate(1 << 21) for _ in range(reps))
+        if rate > 0:
+            return rate, f"FMA peak on {torch.get_num_threads()} thread(s)"
+    n = 8192 if device == "cuda" else 2048
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
+    products = {"torch.matmul": lambda: torch.matmul(a, b)}
+    if device == "cpu" and dtype != torch.float64 and torch.backends.mkldnn.is_available():
+        products["oneDNN matmul"] = lambda: torch.ops.mkldnn._linear_pointwise(
+            a, b, None, "none", [], ""
+        )
     timer = _timer(device)
-    for _ in range(2 if device == "cuda" else 1):
-        timer(lambda: torch.matmul(a, b))
-    best = min(timer(lambda: torch.matmul(a, b)) for _ in range(reps))
-    return 2 * n**3 / best
+    rates = {}
+    for name, product in products.items():
+        for _ in range(2 if device == "cuda" else 1):
+            timer(product)
+        rates[name] = 2 * n**3 / min(timer(product) for _ in range(reps))
+    best = max(rates, key=rates.get)
+    return rates[best], f"{best} {n}x{n}"
 
 
 def _git_commit() -> str | None:

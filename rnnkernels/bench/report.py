@@ -7,7 +7,7 @@ import json
 import sys
 
 # "1st ms": the provider's first call in the run (JIT compile, kernel-cache load), not in "ms".
-COLUMNS = ("cell", "shape", "mode", "provider", "ms", "1st ms", "speedup", "GFLOP/s", "% GEMM")
+COLUMNS = ("cell", "shape", "mode", "provider", "ms", "1st ms", "speedup", "GFLOP/s", "% peak")
 COLUMNS += ("peak MiB",)
 # CSV: one flat row per (shape, mode, provider), the machine's description repeated on each.
 CSV_FIELDS = (
@@ -30,13 +30,13 @@ CSV_FIELDS = (
     "first_ms",
     "speedup",
     "gflops",
-    "gemm_fraction",
+    "peak_fraction",
     "peak_bytes",
     "flops",
     "note",
 )
 CSV_MACHINE = ("timestamp", "cpu", "cores", "threads", "torch", "python", "rnnkernels", "commit")
-CSV_MACHINE += ("gpu", "cuda", "gemm_gflops")
+CSV_MACHINE += ("gpu", "cuda", "peak_gflops", "peak_source")
 
 
 def _sig(v: float | None) -> str:
@@ -65,7 +65,7 @@ def _fmt(row: dict) -> list[str]:
         "-" if row["first_ms"] is None else f"{row['first_ms']:.2f}",
         speedup,
         _sig(row["gflops"]),
-        _sig(100 * row["gemm_fraction"]),
+        _sig(100 * row["peak_fraction"]),
         "-" if peak is None else f"{peak:,.0f}" if peak >= 100 else f"{peak:.3g}",
     ]
 

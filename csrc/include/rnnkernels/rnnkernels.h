@@ -5,3 +5,4 @@
 #include <rnnkernels/indrnn.h>
 #include <rnnkernels/layer.h>
 #include <rnnkernels/lstm.h>
+#include <rnnkernels/peak.h>
