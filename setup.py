@@ -2,7 +2,7 @@
 
     pip install --no-build-isolation -e .
 
-Registration is through the torch dispatcher (TORCH_LIBRARY in csrc/torch/ops.cpp), not pybind11:
+Registration is through the torch dispatcher (csrc/torch/ops.cpp), not pybind11:
 it compiles fast and torch.compile can trace the ops. Set RNNKERNELS_NATIVE=1 to build with
 -march=native for this machine only (the default build runs on any x86-64), and
 RNNKERNELS_NO_EXTENSION=1 to install the pure-Python package without compiling. The compiler
@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 NATIVE = os.environ.get("RNNKERNELS_NATIVE") == "1"
 OPT = "-O3 -g0"  # GCC 12 vectorises only trivially-counted loops at -O2
 KERNELS = sorted(glob.glob("csrc/cpu/*.cpp"))  # the library for C++ users (CMakeLists.txt)
-REGISTRATION = sorted(glob.glob("csrc/torch/*.cpp"))  # the ops and PyInit__C: the extension only
+OPS = "csrc/torch/ops.cpp"  # the dispatcher registration: the library rnnkernels_ops
+MODULE = "csrc/torch/module.cpp"  # PyInit__C: the extension only
 
 
 def flags() -> list[str]:
@@ -39,12 +40,14 @@ def extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     class BuildExtensionAndCMakePackage(BuildExtension):
-        """First builds the C++ library for C++ users with CMake (CMakeLists.txt: the kernels
-        without the op registration) and installs it into the package the way torch ships
-        libtorch: lib/, include/, share/cmake/ = rnnkernels.cmake_prefix_path. The extension then
-        compiles only csrc/torch/ and links that library (RUNPATH $ORIGIN/lib), so each kernel is
-        compiled once. Without cmake, or with RNNKERNELS_NO_CMAKE_PACKAGE=1, the extension
-        compiles the kernels itself and the install has no CMake package."""
+        """First builds the C++ libraries for C++ users with CMake (CMakeLists.txt: the kernels,
+        librnnkernels, and their op registration, librnnkernels_ops) and installs them into the
+        package the way torch ships libtorch: lib/, include/, share/cmake/ =
+        rnnkernels.cmake_prefix_path. The extension then compiles only csrc/torch/module.cpp and
+        links librnnkernels_ops (RUNPATH $ORIGIN/lib), so each kernel is compiled once and a
+        process holds one registration. Without cmake, or with RNNKERNELS_NO_CMAKE_PACKAGE=1, the
+        extension compiles the kernels and the registration itself and the install has no CMake
+        package."""
 
         def run(self):
             cmake = shutil.which("cmake")
@@ -63,15 +66,15 @@ def extensions():
             subprocess.check_call([cmake, "--build", build, "--parallel"])
             subprocess.check_call([cmake, "--install", build, "--prefix", package])
             for ext in self.extensions:
-                ext.sources = REGISTRATION
+                ext.sources = [MODULE]
                 ext.library_dirs.append(os.path.join(package, "lib"))
-                ext.libraries.append("rnnkernels")
+                ext.libraries.append("rnnkernels_ops")
                 ext.extra_link_args.append("-Wl,-rpath,$ORIGIN/lib")
             super().run()
 
     ext = CppExtension(
         "rnnkernels._C",
-        KERNELS + REGISTRATION,
+        [*KERNELS, OPS, MODULE],
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
         extra_compile_args=flags(),
     )

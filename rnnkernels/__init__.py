@@ -11,7 +11,7 @@ from rnnkernels.backends import (
     set_backend,
     set_default_backend,
 )
-from rnnkernels.convert import convert
+from rnnkernels.convert import convert, unconvert
 from rnnkernels.dispatch import explain
 from rnnkernels.modules import GRU, LSTM, IndRNN
 
@@ -29,6 +29,7 @@ __all__ = [
     "get_backend",
     "set_backend",
     "set_default_backend",
+    "unconvert",
 ]
 __version__ = "0.1.0"
 

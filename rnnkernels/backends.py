@@ -83,7 +83,7 @@ _extension_error: list[str | None] = []  # filled on first use: the import error
 def _extension_missing() -> str | None:
     if not _extension_error:
         try:
-            importlib.import_module("rnnkernels._C")
+            importlib.import_module("rnnkernels.ops.cpp")  # loads rnnkernels._C
             _extension_error.append(None)
         except ImportError as e:
             _extension_error.append(
@@ -334,7 +334,7 @@ def kernels(backend: str, cell: str) -> Any:
         case "cpp", _:
             # the C++ extension's dispatcher ops (csrc/torch/ops.cpp), every cell's, are the
             # kernels as they are: naive.py's arguments and returns
-            importlib.import_module("rnnkernels._C")  # loading it registers them
+            importlib.import_module("rnnkernels.ops.cpp")  # loads and registers them
             return torch.ops.rnnkernels_cpp
         case "numba", "lstm":
             from rnnkernels.ops.lstm import numba as module

@@ -1,17 +1,22 @@
-"""``convert(model)``: swap every torch.nn.LSTM / torch.nn.GRU inside a model for ours, in place."""
+"""``convert(model)``: swap every torch.nn.LSTM / torch.nn.GRU inside a model for ours, in place;
+``unconvert(model)``: the inverse, for the paths that only take torch's modules."""
 
 from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
+from torch.ao.quantization import quantization_mappings
 from torch.nn.utils import parametrize
 
-from rnnkernels.modules import GRU, LSTM, rnn_config
+from rnnkernels.modules import GRU, LSTM, IndRNN, rnn_config
 
-_OURS: dict[type[nn.Module], type[LSTM | GRU]] = {nn.LSTM: LSTM, nn.GRU: GRU}
+_OURS: dict[type[nn.Module], type[nn.Module]] = {nn.LSTM: LSTM, nn.GRU: GRU}
+_THEIRS: dict[type[nn.Module], type[nn.Module]] = {LSTM: nn.LSTM, GRU: nn.GRU}
 # What a subclass's class body may hold and still convert: Python's bookkeeping (3.13 adds
 # __firstlineno__ and __static_attributes__) and __init__, whose work is instance state, carried
 # over. Anything else (forward, reset_parameters, a helper, a class constant) would be lost.
@@ -19,6 +24,9 @@ _CARRIED_CLASS_NAMES = frozenset(
     ("__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__annotations__",
      "__firstlineno__", "__static_attributes__", "__init__")
 )  # fmt: skip
+# Instance state that never moves to the new module: torch.compile's Module.compile() of the old
+# forward, and the configuration our modules keep for TorchScript (__prepare_scriptable__).
+_NEVER_CARRIED = frozenset(("_compiled_call_impl", "_script_config"))
 
 
 def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
@@ -42,6 +50,42 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
     against torch's module (its ``_flat_weights``, its cuDNN buffers), so grafting them onto ours
     is unsafe, and dropping them would silently change what the model does.
     """
+    return _replace_all(model, _OURS, "convert", {"backend": backend})
+
+
+def unconvert(model: nn.Module, *, keep_indrnn: bool = False) -> nn.Module:
+    """The inverse of ``convert``: replaces each ``rnnkernels.LSTM`` / ``rnnkernels.GRU`` in
+    ``model`` (the model itself included) with ``nn.LSTM`` / ``nn.GRU``, in place, and returns the
+    (possibly new) top-level module. For the paths that take torch's modules only:
+    ``torch.ao.quantization.quantize_dynamic`` with a spec naming ``nn.LSTM`` / ``nn.GRU``,
+    ``torch.func`` transforms, code that checks ``isinstance(m, nn.LSTM)``.
+
+    Everything ``convert`` carries over is carried back, the very objects: Parameters,
+    buffers, submodules, parametrizations, hooks and their handles, ``training``, and the
+    instance state of a subclass that defines nothing but ``__init__`` (other subclasses are left
+    as they are, with a UserWarning saying why, as ``convert`` does). The module's ``backend=`` is
+    not: torch's modules have none; ``convert(model, backend=...)`` sets it again, and
+    ``convert(unconvert(model))`` gives the same parameters and outputs back.
+
+    ``rnnkernels.IndRNN`` has no torch module. Unless ``keep_indrnn=True`` (IndRNNs stay ours),
+    a model holding one raises ``ValueError`` naming each, before anything is replaced.
+    """
+    if not keep_indrnn:
+        found = [path or "<model>" for path, m in model.named_modules() if isinstance(m, IndRNN)]
+        if found:
+            raise ValueError(
+                f"rnnkernels.unconvert: {', '.join(map(repr, found))} "
+                f"{'is an' if len(found) == 1 else 'are'} rnnkernels.IndRNN, which torch.nn has "
+                "no module for; pass keep_indrnn=True to leave IndRNNs as they are"
+            )
+    return _replace_all(model, _THEIRS, "unconvert", {})
+
+
+def _replace_all(
+    model: nn.Module, targets: dict[type[nn.Module], type[nn.Module]], verb: str, kwargs: dict
+) -> nn.Module:
+    """Replaces, in place, every module of a class in ``targets`` (or a subclass that can move)
+    with one of its target class built with ``kwargs``; ``verb`` names the caller in warnings."""
     done: dict[int, nn.Module] = {}  # id(module) -> what replaces it
     left_alone: list[str] = []
 
@@ -52,48 +96,48 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
                 child_path = f"{path}.{name}" if path else name
                 if child is not None and (new := visit(child, child_path)) is not child:
                     setattr(module, name, new)
-            done[id(module)] = _converted(module, path, backend, left_alone)
+            done[id(module)] = replaced(module, path)
         return done[id(module)]
+
+    def replaced(module: nn.Module, path: str) -> nn.Module:
+        cls = parametrize.type_before_parametrizations(module)
+        base = next((base for base in targets if issubclass(cls, base)), None)
+        if base is None:
+            return module
+        if reason := _reason_to_leave(module, cls, base, targets[base]):
+            left_alone.append(
+                f"rnnkernels.{verb}: left {path or '<model>'!r} ({cls.__name__}) as it is: {reason}"
+            )
+            return module
+        return _swap(module, base, targets[base], kwargs)
 
     model = visit(model, "")
     for message in left_alone:
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warnings.warn(message, UserWarning, stacklevel=3)
     return model
 
 
-def _converted(
-    module: nn.Module, path: str, backend: str | None, left_alone: list[str]
-) -> nn.Module:
-    """Ours for a torch LSTM / GRU that can convert; else ``module`` itself, noting in
-    ``left_alone`` why a torch LSTM / GRU could not."""
-    cls = parametrize.type_before_parametrizations(module)
-    base = next((base for base in _OURS if issubclass(cls, base)), None)
-    if base is None:
-        return module
-    if reason := _reason_to_leave(module, cls, base):
-        where = path or "<model>"
-        left_alone.append(f"rnnkernels.convert: left {where!r} ({cls.__name__}) as it is: {reason}")
-        return module
-    return _swap(module, base, backend)
-
-
-def _reason_to_leave(module: nn.Module, cls: type[nn.Module], base: type[nn.Module]) -> str:
-    """Why ``module`` (of class ``cls``, a subclass of ``base``) cannot convert; "" if it can."""
-    ours = f"rnnkernels.{base.__name__}"
+def _reason_to_leave(
+    module: nn.Module, cls: type[nn.Module], base: type[nn.Module], target: type[nn.Module]
+) -> str:
+    """Why ``module`` (of class ``cls``, a subclass of ``base``) cannot become a ``target``; ""
+    if it can."""
+    new = _name(target)
     own = {name for k in cls.__mro__ if k not in base.__mro__ for name in vars(k)}
     if defined := sorted(own - _CARRIED_CLASS_NAMES):
-        return f"its class defines {', '.join(defined)}, which {ours} would not have"
-    if clashes := sorted((vars(module).keys() - _attributes(base)) & _attributes(_OURS[base])):
-        return f"it sets {', '.join(clashes)}, which {ours} sets itself"
+        return f"its class defines {', '.join(defined)}, which {new} would not have"
+    if clashes := sorted((vars(module).keys() - _attributes(base)) & _attributes(target)):
+        return f"it sets {', '.join(clashes)}, which {new} sets itself"
     return ""
 
 
-def _swap(old: nn.Module, base: type[nn.Module], backend: str | None) -> LSTM | GRU:
-    """Ours, configured as ``old`` (a ``base``), taking over its state."""
-    ours = _OURS[base]
-    extra = {"proj_size": old.proj_size} if ours is LSTM else {}
+def _swap(
+    old: nn.Module, base: type[nn.Module], target: type[nn.Module], kwargs: dict
+) -> nn.Module:
+    """A ``target`` configured as ``old`` (a ``base``), taking over its state."""
+    extra = {"proj_size": old.proj_size} if old.mode == "LSTM" else {}
     # meta: its own parameters are dropped below for old's
-    new = ours(**rnn_config(old), **extra, device=torch.device("meta"), backend=backend)
+    new = target(**rnn_config(old), **extra, **kwargs, device=torch.device("meta"))
     for name in old.parametrizations if parametrize.is_parametrized(old) else ():
         # torch's parametrized class and its property for `name`, set up on a placeholder; the
         # property reads new.parametrizations[name], old's ParametrizationList once old's
@@ -101,10 +145,11 @@ def _swap(old: nn.Module, base: type[nn.Module], backend: str | None) -> LSTM | 
         new.register_parameter(name, nn.Parameter(torch.empty(0, device="meta")))
         parametrize.register_parametrization(new, name, nn.Identity(), unsafe=True)
     # nn.Module's own state (dicts of parameters, buffers, modules, hooks; training) and a
-    # subclass's attributes move in; torch's RNN attributes do not, nor a Module.compile() of
-    # old's forward
-    dropped = _attributes(base) | {"_compiled_call_impl"}
+    # subclass's attributes move in; the RNN attributes of old's class do not
+    dropped = _attributes(base) | _NEVER_CARRIED
     vars(new).update((k, v) for k, v in vars(old).items() if k not in dropped)
+    if isinstance(new, nn.RNNBase):
+        new._init_flat_weights()  # torch's cached list of the weights, now old's
     return new
 
 
@@ -112,3 +157,46 @@ def _swap(old: nn.Module, base: type[nn.Module], backend: str | None) -> LSTM | 
 def _attributes(cls: type[nn.Module]) -> frozenset[str]:
     """The instance attributes a fresh ``cls`` RNN sets beyond those of every nn.Module."""
     return frozenset(vars(cls(1, 2, device="meta"))) - frozenset(vars(nn.Module()))
+
+
+def _name(cls: type[nn.Module]) -> str:
+    return f"{'nn' if cls.__module__.startswith('torch.') else 'rnnkernels'}.{cls.__name__}"
+
+
+class _DynamicQuantized:
+    """What ``torch.ao.quantization.quantize_dynamic`` swaps a ``rnnkernels.LSTM`` / ``GRU`` for
+    when its spec names our class: torch's dynamic quantized module (``nnqd.LSTM`` /
+    ``nnqd.GRU``), made by torch's own ``from_float`` from an ``nn.LSTM`` / ``nn.GRU`` over the
+    same parameters, so the numbers are those of quantizing the torch model."""
+
+    def __init__(self, ours: type[nn.Module], quantized: type[nn.Module]) -> None:
+        self.ours, self.quantized = ours, quantized
+
+    def from_float(self, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> nn.Module:
+        # a torch module sharing mod's state (qconfig included); mod itself is not changed
+        theirs = _swap(mod, self.ours, _THEIRS[self.ours], {})
+        return self.quantized.from_float(theirs, use_precomputed_fake_quant)
+
+
+class _NoDynamicQuantized:
+    """What ``quantize_dynamic`` finds for ``rnnkernels.IndRNN``: an error, not an fp32 leftover."""
+
+    def from_float(self, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> nn.Module:
+        raise TypeError(
+            "rnnkernels.IndRNN has no dynamic quantized form (torch.ao.nn.quantized.dynamic has "
+            "no IndRNN), so quantize_dynamic cannot quantize it: leave it out of qconfig_spec "
+            "(name the modules to quantize by type, e.g. {nn.Linear, rnnkernels.LSTM}, rather "
+            "than a module that holds an IndRNN)"
+        )
+
+
+def _register_dynamic_quantization(mapping: dict[Callable, object]) -> None:
+    """quantize_dynamic matches module types exactly, in this mapping (torch's default, which it
+    reads when no ``mapping=`` is given): without an entry, a spec naming our classes would leave
+    them fp32 silently."""
+    mapping[LSTM] = _DynamicQuantized(LSTM, nnqd.LSTM)
+    mapping[GRU] = _DynamicQuantized(GRU, nnqd.GRU)
+    mapping[IndRNN] = _NoDynamicQuantized()
+
+
+_register_dynamic_quantization(quantization_mappings.get_default_dynamic_quant_module_mappings())

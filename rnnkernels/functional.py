@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkernels import onnx
 from rnnkernels.backends import LayerCall, get_backend, resolve
 from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
@@ -131,28 +132,44 @@ def indrnn(
         u = w.weight_hh
         if recurrent_max_abs is not None:
             u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
-        y, hT = indrnn_fwd(gx, u, states[0], lengths, reverse, nonlinearity, backend, selection)
+        y, hT = _forward("indrnn", gx, u, states[0], lengths, reverse, nonlinearity,
+                         backend=backend, selection=selection)  # fmt: skip
         return y, (hT,)
 
     output, states = _stack(
         "indrnn", direction, input, states, (hidden_size,), weights,
         num_layers, bidirectional, batch_first, dropout, training, backend,
+        nonlinearity=nonlinearity, recurrent_max_abs=recurrent_max_abs,
     )  # fmt: skip
     return output, states[0]
 
 
 def _lstm_direction(gx, states, w: LSTMWeights, lengths, reverse, backend, selection):
     h0, c0 = states
-    y, hT, cT, _, _ = lstm_fwd(
-        gx, w.weight_hh, w.weight_hr, h0, c0, lengths, reverse, backend, selection
-    )
+    y, hT, cT, _, _ = _forward("lstm", gx, w.weight_hh, w.weight_hr, h0, c0, lengths, reverse,
+                               backend=backend, selection=selection)  # fmt: skip
     return y, (hT, cT)
 
 
 def _gru_direction(gx, states, w: GRUWeights, lengths, reverse, backend, selection):
-    y, hT, _, _ = gru_fwd(gx, w.weight_hh, w.bias_hh, states[0], lengths, reverse, backend,
-                          selection)  # fmt: skip
+    y, hT, _, _ = _forward("gru", gx, w.weight_hh, w.bias_hh, states[0], lengths, reverse,
+                           backend=backend, selection=selection)  # fmt: skip
     return y, (hT,)
+
+
+_FORWARD = {"lstm": lstm_fwd, "gru": gru_fwd, "indrnn": indrnn_fwd}
+
+
+def _forward(cell: str, *args: Any, backend: str, selection: str | None) -> tuple[Tensor, ...]:
+    """One direction's forward op on the per-layer contract's arguments (docs/design.md, section
+    3): ours, ``torch.ops.rnnkernels.<cell>_fwd``, given the backend and selection too. Under
+    torch.export on the cpp backend, the C++ op that ours would run,
+    ``torch.ops.rnnkernels_cpp.<cell>_fwd``: C++ registers it, so the exported program runs where
+    there is no Python (AOTInductor from C++), on the backend it was exported with (section 7)."""
+    if backend == "cpp" and onnx.torch_exporting():
+        # registered since resolve found cpp available (backends._extension_missing)
+        return getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")(*args)
+    return _FORWARD[cell](*args, backend, selection)
 
 
 def _stack(
@@ -168,10 +185,16 @@ def _stack(
     dropout: float,
     training: bool,
     backend: str | None,
+    **cell_options: Any,
 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
     """Runs every layer and direction; returns the output in the input's form and the final
-    states, each [num_layers * D, B, size] (or [num_layers * D, size] for unbatched input)."""
+    states, each [num_layers * D, B, size] (or [num_layers * D, size] for unbatched input).
+    ``cell_options``: what only the ONNX export reads (IndRNN's nonlinearity and clamp, which
+    ``direction`` holds otherwise)."""
     layout = _Layout(input, batch_first)
+    if onnx.exporting():  # torch.onnx.export: the whole call as ONNX operators (rnnkernels/onnx.py)
+        return onnx.stack(cell, layout, hx, weights, num_layers, bidirectional, dropout, training,
+                          **cell_options)  # fmt: skip
     x = layout.x
     D = 2 if bidirectional else 1
     R, H = state_sizes[0], state_sizes[-1]  # LSTM (R, H), the others (H,)
@@ -220,8 +243,10 @@ def _describe(
     x = layout.x
     grad = torch.is_grad_enabled() and (x.requires_grad or weights[0][0].requires_grad)
     packed = layout.packed is not None
-    return LayerCall(cell, x.device, x.dtype, layout.B, H, R, layout.T, num_layers,
-                     bidirectional, packed, grad)  # fmt: skip
+    B, T = layout.B, layout.T
+    if torch.jit.is_tracing():  # sizes are traced tensors there; the backend choice is not traced
+        B, T = int(B), int(T)
+    return LayerCall(cell, x.device, x.dtype, B, H, R, T, num_layers, bidirectional, packed, grad)
 
 
 def describe_call(module: Any, input: Tensor | PackedSequence, hx: Any = None) -> LayerCall:
@@ -270,13 +295,27 @@ def _native(
     return layout.result(y, tuple(h_n))
 
 
-# _native as a compiled graph calls it: run eagerly, a graph break whose message (under
-# fullgraph=True, an error) says why in our terms.
-_native_eager = torch._dynamo.disable(
-    _native,
-    reason="rnnkernels: backend='torch' runs torch's own fused LSTM/GRU op, which torch.compile "
+def _native_eager(*args: Any) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
+    """``_native`` as a compiled graph calls it: eagerly, behind a graph break that says why in
+    our terms (under fullgraph=True, the error). What ``torch.compiler.disable(fn, reason=...)``
+    makes, without importing Dynamo with this module (1 s, 150 MB; tests/test_import.py): the
+    attributes Dynamo reads while tracing (private, as backends._unavailable's marker), and at
+    run time the real disabled function, made on first use (Dynamo is loaded by then)."""
+    global _native_disabled
+    if _native_disabled is None:
+        _native_disabled = torch.compiler.disable(
+            _native,
+            reason=_native_eager._torchdynamo_disable_msg,  # type: ignore[attr-defined]
+        )
+    return _native_disabled(*args)
+
+
+_native_disabled: Callable[..., Any] | None = None
+_native_eager._torchdynamo_disable = True  # type: ignore[attr-defined]
+_native_eager._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
+    "rnnkernels: backend='torch' runs torch's own fused LSTM/GRU op, which torch.compile "
     "cannot trace (a graph break, as for nn.LSTM); with fullgraph=True use backend='auto' or a "
-    "kernel backend ('cpp', 'numba', 'triton', 'reference')",
+    "kernel backend ('cpp', 'numba', 'triton', 'reference')"
 )
 
 
@@ -340,31 +379,57 @@ class _Layout:
 
 class _ToPadded(torch.autograd.Function):
     """rows [N, G] -> [size, G]: row i at positions[i], zeros at the padding positions. Each of
-    _ToPadded / _ToRows is the other's backward. Written out because autograd's own backward
-    of an index op accumulates through a zero-filled copy (the positions are unique: no need)."""
+    _ToPadded / _ToRows is the other's backward (so any order of derivative runs through them).
+    Written out because autograd's own backward of an index op accumulates through a zero-filled
+    copy (the positions are unique: no need). forward / setup_context / vmap apart, as torch.func
+    requires; positions and padding come from the batch sizes, never batched by vmap."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, positions: Tensor, padding: Tensor, size: int) -> Tensor:
-        ctx.positions, ctx.padding = positions, padding
+    def forward(rows: Tensor, positions: Tensor, padding: Tensor, size: int) -> Tensor:
         padded = rows.new_empty(size, rows.shape[1]).index_fill_(0, padding, 0)
         return padded.index_copy_(0, positions, rows)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.positions, ctx.padding, _ = inputs
+
+    @staticmethod
     def backward(ctx, grad: Tensor):
         return _ToRows.apply(grad, ctx.positions, ctx.padding), None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, rows, positions, padding, size):
+        return _by_rows(_ToPadded, in_dims[0], rows, positions, padding, size)
 
 
 class _ToRows(torch.autograd.Function):
     """[size, G] -> rows [N, G]: the rows at positions (see _ToPadded)."""
 
     @staticmethod
-    def forward(ctx, padded: Tensor, positions: Tensor, padding: Tensor) -> Tensor:
-        ctx.positions, ctx.padding, ctx.size = positions, padding, padded.shape[0]
+    def forward(padded: Tensor, positions: Tensor, padding: Tensor) -> Tensor:
         return padded.index_select(0, positions)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        padded, ctx.positions, ctx.padding = inputs
+        ctx.size = padded.shape[0]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         return _ToPadded.apply(grad, ctx.positions, ctx.padding, ctx.size), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, padded, positions, padding):
+        return _by_rows(_ToRows, in_dims[0], padded, positions, padding)
+
+
+def _by_rows(function: Any, dim: int | None, rows: Tensor, *index: Any) -> tuple[Tensor, Any]:
+    """vmap of _ToPadded / _ToRows: both move whole rows (dim 0), so the vmapped dim ``dim`` of
+    ``rows`` [N, G] rides along in the columns, one call for the whole batch."""
+    if dim is None:
+        return function.apply(rows, *index), None
+    rows = rows.movedim(dim, 1)  # [N, V, G]
+    return function.apply(rows.flatten(1), *index).unflatten(1, rows.shape[1:]), 1
 
 
 def _packed_index(

@@ -10,20 +10,34 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import get_type_hints, overload
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkernels import backends, functional
+from rnnkernels import backends, functional, scripting
 from rnnkernels.validation import check_indrnn_options
 from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
+
+
+def _evaluated_annotations(method):
+    """``method`` with its annotations evaluated: TorchScript reads a TorchScript overload's
+    annotations as objects, and this module's are strings (``from __future__ import
+    annotations``). (Not a wrapper of ``_overload_method``: that finds its class from the
+    caller's frame.)"""
+    method.__annotations__ = get_type_hints(method)
+    return method
 
 
 class _RecurrentBase(nn.Module):
     """What LSTM, GRU and IndRNN share: sizes, parameters, checks, repr."""
 
     mode: str  # "LSTM", "GRU" or "IndRNN"
+    # TorchScript compiles a module's properties too; these read parameters by computed names,
+    # which it cannot. Scripted code reads the weights from _script_config instead.
+    __jit_unused_properties__ = ["_flat_weights", "all_weights"]
 
     def __init__(
         self,
@@ -102,6 +116,28 @@ class _RecurrentBase(nn.Module):
             for suffix in (("", "_reverse") if self.bidirectional else ("",))
         ]
 
+    def __prepare_scriptable__(self) -> _RecurrentBase:
+        """``torch.jit.script`` calls this on each module before compiling it. The scripted forward
+        (``rnnkernels/scripting.py``) gets the configuration and the Parameters, in torch's flat
+        order, as one ``scripting.Config`` attribute, refreshed here at every scripting. Returns
+        the module itself: torch writes what this returns back into the parent module, so
+        returning an ``nn.LSTM`` would swap it into the caller's eager model too."""
+        if parametrize.is_parametrized(self):
+            raise RuntimeError(
+                f"rnnkernels.{self.mode}: torch.jit.script cannot script a parametrized module "
+                f"(parametrized: {', '.join(self.parametrizations)}; nor a parametrized "
+                "torch.nn.LSTM): remove the parametrizations first "
+                "(torch.nn.utils.parametrize.remove_parametrizations)"
+            )
+        config = scripting.Config(
+            self.mode.lower(), self._flat_weights, self.hidden_size, self.num_layers, self.bias,
+            self.batch_first, self.dropout, self.bidirectional, self.proj_size,
+            getattr(self, "nonlinearity", ""), getattr(self, "recurrent_max_abs", None),
+        )  # fmt: skip
+        # typed explicitly: TorchScript would infer a plain tuple (None for an unset float)
+        self._script_config = torch.jit.Attribute(config, scripting.Config)
+        return self
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size != 0:
@@ -127,9 +163,29 @@ class LSTM(_RecurrentBase):
 
     mode = "LSTM"
 
+    # TorchScript compiles forward once per input type, as nn.LSTM's (scripting.py)
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
     def forward(
-        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
+    def forward(
+        self, input: PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]: ...
+
+    def forward(self, input, hx=None):
+        if torch.jit.is_scripting():  # torch's fused op over our parameters (scripting.py)
+            states = None if hx is None else [hx[0], hx[1]]
+            if isinstance(input, PackedSequence):
+                output, finals = scripting.packed(input, states, self._script_config, self.training)
+            else:
+                output, finals = scripting.padded(input, states, self._script_config, self.training)
+            return output, (finals[0], finals[1])
         return functional.lstm(
             input, hx, self._layer_weights(), self.hidden_size, self.num_layers,
             self.bidirectional, self.batch_first, self.dropout, self.training, self.backend,
@@ -166,9 +222,27 @@ class GRU(_RecurrentBase):
             0, device, dtype, backend,
         )  # fmt: skip
 
+    # TorchScript compiles forward once per input type, as nn.GRU's (scripting.py)
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
     def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self, input: PackedSequence, hx: Tensor | None = None
+    ) -> tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        if torch.jit.is_scripting():  # torch's fused op over our parameters (scripting.py)
+            states = None if hx is None else [hx]
+            if isinstance(input, PackedSequence):
+                output, finals = scripting.packed(input, states, self._script_config, self.training)
+            else:
+                output, finals = scripting.padded(input, states, self._script_config, self.training)
+            return output, finals[0]
         return functional.gru(
             input, hx, self._layer_weights(), self.hidden_size, self.num_layers,
             self.bidirectional, self.batch_first, self.dropout, self.training, self.backend,
@@ -226,9 +300,27 @@ class IndRNN(_RecurrentBase):
             s += f", recurrent_max_abs={self.recurrent_max_abs}"
         return s
 
+    # TorchScript compiles forward once per input type, as nn.RNN's (scripting.py)
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
     def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self, input: PackedSequence, hx: Tensor | None = None
+    ) -> tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        if torch.jit.is_scripting():  # a TorchScript time loop (scripting.py)
+            states = None if hx is None else [hx]
+            if isinstance(input, PackedSequence):
+                output, finals = scripting.packed(input, states, self._script_config, self.training)
+            else:
+                output, finals = scripting.padded(input, states, self._script_config, self.training)
+            return output, finals[0]
         return functional.indrnn(
             input, hx, self._layer_weights(), self.hidden_size, self.num_layers, self.nonlinearity,
             self.bidirectional, self.batch_first, self.dropout, self.training,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkernels import onnx
 from rnnkernels.backends import GATES, BackendError
 from rnnkernels.weights import WEIGHTS
 
@@ -133,6 +134,13 @@ def _check_input(
     Returns its data, its batch size and whether it is unbatched."""
     mode = MODES[cell]
     if isinstance(input, PackedSequence):
+        onnx.refuse_packed_dynamo(cell)  # torch.export's PackedSequence would fail the checks
+        if onnx.torch_exporting():  # the same, for torch.export itself
+            raise ValueError(
+                f"rnnkernels.{mode}: packed input (a PackedSequence) cannot be exported with "
+                "torch.export: its batch sizes depend on the lengths' values (nn.LSTM fails the "
+                "same way). Export a model that takes padded input."
+            )
         data = input.data
         _check_packed(input)
         batch, unbatched, expected_dim = int(input.batch_sizes[0]), False, 2

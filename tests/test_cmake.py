@@ -111,7 +111,8 @@ def downstream(site) -> Path:
 
 def test_installed_package(prefix, library):
     headers = {p.name for p in (prefix / "include" / "rnnkernels").iterdir()}
-    assert {"rnnkernels.h", "lstm.h", "gru.h", "indrnn.h", "layer.h"} <= headers
+    assert {"rnnkernels.h", "lstm.h", "gru.h", "indrnn.h", "layer.h", "ops.h"} <= headers
+    assert list((prefix / "lib").glob("librnnkernels_ops.so*")), "no registration library"
     config = prefix / "share" / "cmake" / "rnnkernels"
     for name in ("rnnkernelsConfig.cmake", "rnnkernelsConfigVersion.cmake",
                  "rnnkernelsTargets.cmake"):  # fmt: skip
@@ -297,6 +298,31 @@ def test_cmake_library_and_python_extension_in_one_process(library, cmake_librar
     else:
         script += "import rnnkernels._C\n" + _RUN_CPP_INDRNN + load + _RUN_CPP_INDRNN
     result = _python(script)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "ok" in result.stdout
+
+
+_TWO_REGISTRATION_LIBRARIES = """
+maps = open("/proc/self/maps").read().splitlines()
+copies = {line.split()[-1] for line in maps if "librnnkernels_ops.so" in line}
+assert len(copies) == 2, copies
+"""
+
+
+@pytest.mark.parametrize("cmake_library_first", [True, False])
+def test_two_registration_libraries_in_one_process(prefix, cmake_library_first):
+    """The installed librnnkernels_ops and the Python package's copy, both loaded in one process
+    (in either order): the first registers the rnnkernels_cpp ops, the second finds them and
+    registers nothing, instead of aborting the process, and the cpp backend runs."""
+    pytest.importorskip("rnnkernels._C", reason="the C++ extension rnnkernels._C is not built")
+    if not list((Path(rnnkernels.__file__).parent / "lib").glob("librnnkernels_ops.so*")):
+        pytest.skip("the package was built without CMake: _C holds the registration itself")
+    (library,) = [p for p in (prefix / "lib").glob("librnnkernels_ops.so*") if not p.is_symlink()]
+    steps = [_LOAD_CMAKE_LIBRARY.format(library=str(library)), "import rnnkernels._C\n"]
+    if not cmake_library_first:
+        steps.reverse()
+    script = "import ctypes\nimport torch\n" + "".join(steps) + _TWO_REGISTRATION_LIBRARIES
+    result = _python(script + _RUN_CPP_INDRNN)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert "ok" in result.stdout
 

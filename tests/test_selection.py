@@ -11,6 +11,7 @@ import torch
 
 import rnnkernels
 from rnnkernels import backends
+from rnnkernels.ops.lstm import op as lstm_op
 
 CPU_CALL = backends.LayerCall("gru", torch.device("cpu"), torch.float32)
 WAIT_S = 10  # an event not set by then fails the test instead of hanging it
@@ -134,14 +135,21 @@ def test_bare_calls_and_the_process_default():
 
 
 def lstm_kernels_that_ran(monkeypatch) -> list[str]:
-    """The backends whose LSTM forward kernel runs from now on, in call order."""
+    """The backends whose LSTM forward kernel runs from now on, in call order: the LSTM op's
+    kernel lookup (ops/lstm/op.py) wrapped, not the kernels themselves (the cpp ones are
+    torch.ops.rnnkernels_cpp's, which torch's own op tables read)."""
     ran = []
-    for name in ("reference", "cpp"):
-        module = backends.kernels(name, "lstm")
-        kernel = module.lstm_fwd
-        monkeypatch.setattr(
-            module, "lstm_fwd", lambda *args, k=kernel, n=name: ran.append(n) or k(*args)
-        )
+    lookup = lstm_op.kernels
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name, self.kernels = name, lookup(name, "lstm")
+
+        def lstm_fwd(self, *args):
+            ran.append(self.name)
+            return self.kernels.lstm_fwd(*args)
+
+    monkeypatch.setattr(lstm_op, "kernels", lambda name, cell: Recording(name))
     return ran
 
 

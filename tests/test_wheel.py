@@ -48,7 +48,9 @@ def test_wheel_holds_extension_library_headers_and_cmake_config(wheel):
     expected_files = [
         "rnnkernels/_C",
         "rnnkernels/lib/librnnkernels",
+        "rnnkernels/lib/librnnkernels_ops",
         "rnnkernels/include/rnnkernels/lstm.h",
+        "rnnkernels/include/rnnkernels/ops.h",
         "rnnkernels/share/cmake/rnnkernels/rnnkernelsConfig.cmake",
     ]
     for expected in expected_files:

@@ -1,5 +1,8 @@
-// `import rnnkernels._C` loads this library, whose static initialisers register the ops
+// `import rnnkernels._C` loads this module and with it the library rnnkernels_ops (ops.cpp; linked
+// into _C when setup.py builds without CMake), whose static initialisers register the ops
 // (torch.ops.rnnkernels_cpp.*). No pybind11: dispatcher ops are what torch.compile can trace.
+#include <rnnkernels/ops.h>  // references the library, so that the linker keeps it
+
 #include <Python.h>
 
 PyMODINIT_FUNC PyInit__C(void) {

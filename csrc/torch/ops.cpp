@@ -1,11 +1,19 @@
 // The one place that registers dispatcher ops: schemas of the rnnkernels_cpp namespace and their
-// CPU implementations, the public functions of include/rnnkernels/. (The Python side owns the
-// `rnnkernels` namespace; two libraries defining one namespace abort the process, hence a
-// distinct one.) Beside the schemas, their Meta kernels: the output shapes, which torch.compile and
-// FakeTensor use. Autograd lives in Python (the rnnkernels ops of rnnkernels/ops/<cell>/op.py).
+// CPU implementations, the public functions of include/rnnkernels/, and Meta kernels for the
+// output shapes, which torch.compile, torch.export and FakeTensor use. Built into its own library,
+// rnnkernels_ops (CMakeLists.txt), which the Python extension rnnkernels._C links and C++ programs
+// link as rnnkernels::ops (include/rnnkernels/ops.h): an exported model's graph calls these ops,
+// and AOTInductor runs it where no Python is. Autograd lives in Python (rnnkernels/ops/cpp.py
+// gives the forward ops the formulas of the rnnkernels ops of rnnkernels/ops/<cell>/op.py). (The
+// Python side owns the `rnnkernels` namespace; two libraries defining one namespace abort the
+// process, hence a distinct one, registered once per process: `registration` below.)
+#include <rnnkernels/ops.h>
 #include <rnnkernels/rnnkernels.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include <optional>
 
 namespace {
 
@@ -63,9 +71,7 @@ Tensors3 indrnn_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&
   return {like(y), like(u), like(h0)};
 }
 
-}  // namespace
-
-TORCH_LIBRARY(rnnkernels_cpp, m) {
+void define_ops(torch::Library& m) {
   m.def(
       "lstm_fwd(Tensor gx, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
       "bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
@@ -86,9 +92,11 @@ TORCH_LIBRARY(rnnkernels_cpp, m) {
   m.def(
       "indrnn_bwd(Tensor grad_y, Tensor grad_hT, Tensor u, Tensor h0, Tensor? lengths, "
       "bool reverse, str nonlinearity, Tensor y) -> (Tensor, Tensor, Tensor)");
+  // For the benchmark (include/rnnkernels/peak.h); no tensor to dispatch on: one kernel for all.
+  m.def("fma_rate(int rounds) -> float", &rnnkernels::fma_rate);
 }
 
-TORCH_LIBRARY_IMPL(rnnkernels_cpp, CPU, m) {
+void cpu_kernels(torch::Library& m) {
   m.impl("lstm_fwd", &rnnkernels::lstm_fwd);
   m.impl("lstm_bwd", &rnnkernels::lstm_bwd);
   m.impl("gru_fwd", &rnnkernels::gru_fwd);
@@ -97,7 +105,7 @@ TORCH_LIBRARY_IMPL(rnnkernels_cpp, CPU, m) {
   m.impl("indrnn_bwd", &rnnkernels::indrnn_bwd);
 }
 
-TORCH_LIBRARY_IMPL(rnnkernels_cpp, Meta, m) {
+void meta_kernels(torch::Library& m) {
   m.impl("lstm_fwd", &lstm_fwd_meta);
   m.impl("lstm_bwd", &lstm_bwd_meta);
   m.impl("gru_fwd", &gru_fwd_meta);
@@ -105,3 +113,39 @@ TORCH_LIBRARY_IMPL(rnnkernels_cpp, Meta, m) {
   m.impl("indrnn_fwd", &indrnn_fwd_meta);
   m.impl("indrnn_bwd", &indrnn_bwd_meta);
 }
+
+constexpr const char* kNamespace = "rnnkernels_cpp";
+
+std::optional<c10::OperatorHandle> registered_op() {
+  return c10::Dispatcher::singleton().findSchema({"rnnkernels_cpp::lstm_fwd", ""});
+}
+
+// Registers the ops when the library loads, as TORCH_LIBRARY / TORCH_LIBRARY_IMPL would, unless
+// the process holds them already: a second copy of this library (the Python package's and a C++
+// install's in one process) would abort the process with TORCH_LIBRARY. The first copy's
+// registrations serve both, and end when it is unloaded.
+struct Registration {
+  std::optional<torch::Library> def, cpu, meta;
+
+  Registration() {
+    if (registered_op()) return;
+    def.emplace(torch::Library::DEF, kNamespace, std::nullopt, __FILE__, __LINE__);
+    define_ops(*def);
+    cpu.emplace(torch::Library::IMPL, kNamespace, c10::DispatchKey::CPU, __FILE__, __LINE__);
+    cpu_kernels(*cpu);
+    meta.emplace(torch::Library::IMPL, kNamespace, c10::DispatchKey::Meta, __FILE__, __LINE__);
+    meta_kernels(*meta);
+  }
+};
+
+const Registration registration;
+
+}  // namespace
+
+namespace rnnkernels {
+inline namespace v0 {
+
+bool ops_registered() { return registered_op().has_value(); }
+
+}  // namespace v0
+}  // namespace rnnkernels

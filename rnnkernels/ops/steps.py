@@ -72,3 +72,12 @@ def previous_states(y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool
     T = y.shape[0]
     next_valid = lengths.unsqueeze(0) > torch.arange(1, T + 1, device=y.device).unsqueeze(1)
     return torch.where(next_valid.unsqueeze(2), shifted, h0.unsqueeze(0))
+
+
+def differentiable_backward(*grads_of_saved: Tensor | None) -> bool:
+    """Whether a layer op's backward runs its cell's reference formulas (``naive.<cell>_bwd``, in
+    torch ops, which autograd and torch.func differentiate) rather than the backend's ``_bwd``
+    op, which has no derivative: when the backward is itself differentiated (grad mode on inside
+    a backward: ``create_graph=True``, and every torch.func transform), or when gradients reach
+    the saved activations (``grads_of_saved``: the backward of such a backward)."""
+    return torch.is_grad_enabled() or any(g is not None for g in grads_of_saved)

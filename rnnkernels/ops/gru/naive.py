@@ -55,26 +55,35 @@ def gru_bwd(
     y: Tensor,
     gates: Tensor,
     hn: Tensor,
+    grad_gates: Tensor | None = None,  # [T, B, 3H]
+    grad_hn: Tensor | None = None,  # [T, B, H]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns d_gx [T, B, 3H], d_w_hh [3H, H], d_b_hh [3H] ([0] without bias),
-    d_h0 [B, H]."""
+    d_h0 [B, H]. In torch ops, so autograd differentiates it (the op's backward under
+    create_graph=True). ``grad_gates`` / ``grad_hn``: gradients reaching the saved activations
+    (a higher-order backward), folded into the recurrence; the oracle's own extension, the other
+    backends' ``gru_bwd`` take neither."""
     T = y.shape[0]
     h_prev = previous_states(y, h0, lengths, reverse)
     dh = grad_hT
-    d_gx = torch.empty_like(gates)
-    d_gh = torch.empty_like(gates)  # gradient of h W_hh^T + b_hh; differs from d_gx in the n part
+    # Per step, stacked after (autograd and torch.func take that form, as in lstm's backward).
+    d_gx_ts: list = [None] * T
+    d_gh_ts: list = [None] * T  # gradient of h W_hh^T + b_hh; d_gx's but in the n part
     for t in reversed(time_steps(T, reverse)):
         valid = step_mask(lengths, t)
         r, z, n = gates[t].chunk(3, 1)
+        g_r, g_z, g_n = (0.0, 0.0, 0.0) if grad_gates is None else grad_gates[t].chunk(3, 1)
+        g_hn = 0.0 if grad_hn is None else grad_hn[t]
         dh_t = dh + grad_y[t]
-        d_n = dh_t * (1 - z) * (1 - n * n)
-        d_r = d_n * hn[t] * r * (1 - r)
-        d_z = dh_t * (h_prev[t] - n) * z * (1 - z)
+        d_n = (dh_t * (1 - z) + g_n) * (1 - n * n)
+        d_r = (d_n * hn[t] + g_r) * r * (1 - r)
+        d_z = (dh_t * (h_prev[t] - n) + g_z) * z * (1 - z)
         d_gx_t = keep(valid, torch.cat([d_r, d_z, d_n], 1), 0.0)
-        d_gh_t = keep(valid, torch.cat([d_r, d_z, d_n * r], 1), 0.0)
+        d_gh_t = keep(valid, torch.cat([d_r, d_z, d_n * r + g_hn], 1), 0.0)
         dh = keep(valid, dh_t * z + d_gh_t @ w_hh, dh)
-        d_gx[t] = d_gx_t
-        d_gh[t] = d_gh_t
+        d_gx_ts[t] = d_gx_t
+        d_gh_ts[t] = d_gh_t
+    d_gx, d_gh = torch.stack(d_gx_ts), torch.stack(d_gh_ts)
     d_w_hh = weight_grad(d_gh, h_prev)
     d_b_hh = d_gh.sum((0, 1)) if b_hh is not None else absent_grad(y)
     return d_gx, d_w_hh, d_b_hh, dh

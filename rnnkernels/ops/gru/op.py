@@ -1,7 +1,8 @@
 """torch.library ops for one GRU layer in one direction: forward, backward, fakes, autograd.
 
 The op boundary (the backend and selection arguments, the call checked before, absent gradients
-as an empty [0] tensor): docs/design.md, sections 3-5.
+as an empty [0] tensor): docs/design.md, sections 3-5. Higher-order gradients and torch.func
+(why the forward is defined by ``define_layer_op``): docs/design.md, section 3, and README.md here.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import torch
 from torch import Tensor
 
 from rnnkernels.backends import check_selection, kernels
-from rnnkernels.ops.steps import absent_grad, zeros_for_none
+from rnnkernels.ops.gru import naive
+from rnnkernels.ops.layer_op import define_layer_op
+from rnnkernels.ops.steps import absent_grad, differentiable_backward, zeros_for_none
 
 
-@torch.library.custom_op("rnnkernels::gru_fwd", mutates_args=())
-def gru_fwd(
+def _gru_fwd(
     gx: Tensor,
     w_hh: Tensor,
     b_hh: Tensor | None,
@@ -49,7 +51,6 @@ def gru_bwd(
     )
 
 
-@gru_fwd.register_fake
 def _fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend, selection=None):
     """Output shapes of gru_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
@@ -77,18 +78,22 @@ def _setup_context(ctx, inputs, output):
     y, hT, gates, hn = output
     ctx.save_for_backward(w_hh, b_hh, h0, lengths, y, gates, hn)
     ctx.reverse, ctx.backend = reverse, backend
-    # gates and hn are saved for the backward, not results (as in lstm/op.py).
-    ctx.mark_non_differentiable(gates, hn)
+    # gates and hn are saved for the backward, and differentiable (as in lstm/op.py).
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_hT, grad_gates, grad_hn):
     w_hh, b_hh, h0, lengths, y, gates, hn = ctx.saved_tensors
     grad_y, grad_hT = zeros_for_none((grad_y, y), (grad_hT, h0))
-    d_gx, d_w_hh, d_b_hh, d_h0 = gru_bwd(
-        grad_y, grad_hT, w_hh, b_hh, h0, lengths, ctx.reverse, y, gates, hn, ctx.backend
-    )
+    args = (grad_y, grad_hT, w_hh, b_hh, h0, lengths, ctx.reverse, y, gates, hn)
+    if differentiable_backward(grad_gates, grad_hn):
+        d_gx, d_w_hh, d_b_hh, d_h0 = naive.gru_bwd(*args, grad_gates, grad_hn)
+    else:
+        d_gx, d_w_hh, d_b_hh, d_h0 = gru_bwd(*args, ctx.backend)
     return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None, None
 
 
-gru_fwd.register_autograd(_backward, setup_context=_setup_context)
+gru_fwd = define_layer_op(
+    "gru_fwd", _gru_fwd, _fwd_fake, _setup_context, _backward,
+    batch_dims={"gx": 1, "h0": 0, "lengths": 0},
+)  # fmt: skip

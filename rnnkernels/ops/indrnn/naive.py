@@ -39,16 +39,18 @@ def indrnn_bwd(
     nonlinearity: str,
     y: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns d_gx [T, B, H], d_u [H], d_h0 [B, H]. The activation's derivative comes from y."""
+    """Returns d_gx [T, B, H], d_u [H], d_h0 [B, H]. The activation's derivative comes from y.
+    In torch ops, so autograd differentiates it (the op's backward under create_graph=True)."""
     T = y.shape[0]
     dh = grad_hT
-    d_gx = y.new_empty(y.shape)
+    d_pres: list = [None] * T  # per step, stacked after (as in lstm's backward)
     for t in reversed(time_steps(T, reverse)):
         valid = step_mask(lengths, t)
         dh_t = dh + grad_y[t]
         d_pre = dh_t * (y[t] > 0) if nonlinearity == "relu" else dh_t * (1 - y[t] * y[t])
         d_pre = keep(valid, d_pre, 0.0)
         dh = keep(valid, d_pre * u, dh)
-        d_gx[t] = d_pre
+        d_pres[t] = d_pre
+    d_gx = torch.stack(d_pres)
     d_u = (d_gx * previous_states(y, h0, lengths, reverse)).sum((0, 1))
     return d_gx, d_u, dh

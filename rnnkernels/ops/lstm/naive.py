@@ -59,36 +59,41 @@ def lstm_bwd(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
+    grad_gates: Tensor | None = None,  # [T, B, 4H]
+    grad_cells: Tensor | None = None,  # [T, B, H]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns d_gx [T, B, 4H], d_w_hh [4H, R], d_w_hr [P, H] ([0] without projection),
-    d_h0 [B, R], d_c0 [B, H]."""
+    d_h0 [B, R], d_c0 [B, H]. In torch ops, so autograd differentiates it (the op's backward
+    under create_graph=True). ``grad_gates`` / ``grad_cells``: gradients reaching the saved
+    activations (a higher-order backward), folded into the recurrence; the oracle's own
+    extension, the other backends' ``lstm_bwd`` take neither."""
     T = y.shape[0]
     dh, dc = grad_hT, grad_cT
-    d_gx = torch.empty_like(gates)
-    d_h = torch.empty_like(y)  # gradient reaching each step's output h (zero where invalid)
+    # Per step, stacked after: autograd and torch.func (vmap of the backward) take that form,
+    # not writes into a preallocated tensor.
+    d_pres: list = [None] * T
+    dh_ts: list = [None] * T  # gradient reaching each step's output h (zero where invalid)
     for t in reversed(time_steps(T, reverse)):
         valid = step_mask(lengths, t)
         s = t + 1 if reverse else t - 1
         c_prev = c0 if s in (-1, T) else cells[s]
         i, f, g, o = gates[t].chunk(4, 1)
         tanh_c = cells[t].tanh()
+        if grad_cells is not None:  # cells[t] is the c carried past step t, valid or not
+            dc = dc + grad_cells[t]
         dh_t = keep(valid, dh + grad_y[t], 0.0)
         d_r = dh_t @ w_hr if w_hr is not None else dh_t  # through the projection
         dc_t = dc + d_r * o * (1 - tanh_c * tanh_c)
-        d_pre = torch.cat(
-            [
-                dc_t * g * i * (1 - i),
-                dc_t * c_prev * f * (1 - f),
-                dc_t * i * (1 - g * g),
-                d_r * tanh_c * o * (1 - o),
-            ],
-            1,
-        )
+        d_act = torch.cat([dc_t * g, dc_t * c_prev, dc_t * i, d_r * tanh_c], 1)  # of i, f, g, o
+        if grad_gates is not None:
+            d_act = d_act + grad_gates[t]
+        d_pre = d_act * torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], 1)
         d_pre = keep(valid, d_pre, 0.0)
         dh = keep(valid, d_pre @ w_hh, dh)
         dc = keep(valid, dc_t * f, dc)
-        d_gx[t] = d_pre
-        d_h[t] = dh_t
+        d_pres[t] = d_pre
+        dh_ts[t] = dh_t
+    d_gx, d_h = torch.stack(d_pres), torch.stack(dh_ts)
     h_prev = previous_states(y, h0, lengths, reverse)
     d_w_hh = weight_grad(d_gx, h_prev)
     d_w_hr = absent_grad(y)

@@ -1,7 +1,8 @@
 """torch.library ops for one LSTM layer in one direction: forward, backward, fakes, autograd.
 
 The op boundary (the backend and selection arguments, the call checked before, absent gradients
-as an empty [0] tensor): docs/design.md, sections 3-5.
+as an empty [0] tensor): docs/design.md, sections 3-5. Higher-order gradients and torch.func
+(why the forward is defined by ``define_layer_op``): docs/design.md, section 3, and README.md here.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import torch
 from torch import Tensor
 
 from rnnkernels.backends import check_selection, kernels
-from rnnkernels.ops.steps import absent_grad, zeros_for_none
+from rnnkernels.ops.layer_op import define_layer_op
+from rnnkernels.ops.lstm import naive
+from rnnkernels.ops.steps import absent_grad, differentiable_backward, zeros_for_none
 
 
-@torch.library.custom_op("rnnkernels::lstm_fwd", mutates_args=())
-def lstm_fwd(
+def _lstm_fwd(
     gx: Tensor,
     w_hh: Tensor,
     w_hr: Tensor | None,
@@ -52,7 +54,6 @@ def lstm_bwd(
     )
 
 
-@lstm_fwd.register_fake
 def _fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend, selection=None):
     """Output shapes of lstm_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], c0.shape[1]
@@ -85,20 +86,24 @@ def _setup_context(ctx, inputs, output):
     y, hT, cT, gates, cells = output
     ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
     ctx.reverse, ctx.backend = reverse, backend
-    # gates and cells are saved for the backward, not results: no [T,B,4H] zero gradient for them
-    # (autograd would fill one every backward); an unused y or final state arrives as None.
-    ctx.mark_non_differentiable(gates, cells)
+    # gates and cells are saved for the backward, and differentiable: a higher-order gradient
+    # reaches them through it. A first-order backward leaves them unused: unmaterialised, their
+    # gradients arrive as None, no [T,B,4H] zeros; so does an unused y or final state.
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_hT, grad_cT, grad_gates, grad_cells):
     w_hh, w_hr, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
     grad_y, grad_hT, grad_cT = zeros_for_none((grad_y, y), (grad_hT, h0), (grad_cT, c0))
-    d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = lstm_bwd(
-        grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, cells,
-        ctx.backend,
-    )  # fmt: skip
+    args = (grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, cells)
+    if differentiable_backward(grad_gates, grad_cells):
+        d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = naive.lstm_bwd(*args, grad_gates, grad_cells)
+    else:
+        d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = lstm_bwd(*args, ctx.backend)
     return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0, None, None, None, None
 
 
-lstm_fwd.register_autograd(_backward, setup_context=_setup_context)
+lstm_fwd = define_layer_op(
+    "lstm_fwd", _lstm_fwd, _fwd_fake, _setup_context, _backward,
+    batch_dims={"gx": 1, "h0": 0, "c0": 0, "lengths": 0},
+)  # fmt: skip
