@@ -23,8 +23,8 @@ def keep_threads():
 
 
 def test_peak_rate_is_the_fma_rate_on_cpu_else_the_best_matmul(keep_threads):
-    """The "% peak" column divides by the cores' FMA rate (float32, the extension built), else by the best of
-    MKL's and oneDNN's matmul, and says which."""
+    """The "% peak" column divides by the cores' FMA rate (float32, the extension built), else by
+    the best of MKL's and oneDNN's matmul, and says which."""
     from rnnkernels import backends
 
     torch.set_num_threads(1)

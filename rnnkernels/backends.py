@@ -173,7 +173,7 @@ _REGISTRY: dict[str, Backend] = {
     "numba": Backend(
         name="numba",
         description="Numba JIT CPU kernels (ops/<cell>/numba.py), fp32/fp64; no compiler needed",
-        unavailable=_module_missing("numba", "scipy", "threadpoolctl", extra="numba"),
+        unavailable=_module_missing("numba", extra="numba"),
         cannot_run=_cpu_float_cannot_run,
     ),
     "triton": Backend(

@@ -353,6 +353,12 @@ def torch_gives_up(call: LayerCall) -> str | None:
     """Why ``auto`` must not take the ``torch`` backend for ``call`` though it could run it, or
     None. (Under torch.compile, where Dynamo refuses torch's RNNs, ``choose`` takes the rule and
     never reaches this. Double backward, which cuDNN refuses, cannot be known at the call.)"""
+    if call.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return (
+            "torch.autocast is on: torch's CPU RNN would run its autocast path, which the table "
+            "did not time (LSTM: oneDNN's low-precision kernel, which fails where the CPU has "
+            "none for the dtype: fp16 without AVX512-FP16)"
+        )
     if call.device.type != "cuda":
         return None
     if not torch.backends.cudnn.enabled:

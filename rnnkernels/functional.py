@@ -1,9 +1,10 @@
 """The layer stack: layers x directions over padded, packed, unbatched or batch-first input.
 
-Each layer and direction runs one input-projection GEMM over all time steps in torch, then one
-per-layer op (``torch.ops.rnnkernels.<cell>_fwd``) for the recurrence. Dropout between layers and
-(un)packing stay in torch. Every call is checked first (``validation.check_call``), before a
-backend is chosen, whether it comes from a module or straight to these functions.
+Each layer and direction runs one input-projection GEMM over all time steps (F.linear; on the cpp
+backend its own, ``ops/linear.py``), then one per-layer op (``torch.ops.rnnkernels.<cell>_fwd``)
+for the recurrence. Dropout between layers and (un)packing stay in torch. Every call is checked
+first (``validation.check_call``), before a backend is chosen, whether it comes from a module or
+straight to these functions.
 
 The backend is resolved once per call, before the layer stack (``_stack``). The ``torch`` backend
 is not a per-layer op: torch's fused RNN ops take ``x`` and ``W_ih``, not our ``gx``. So ``_stack``
@@ -13,8 +14,9 @@ after the same check.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,16 @@ from rnnkernels import onnx
 from rnnkernels.backends import LayerCall, get_backend, resolve
 from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
+from rnnkernels.ops.linear import linear as cpp_linear
 from rnnkernels.ops.lstm.op import lstm_fwd
-from rnnkernels.validation import check_call, check_indrnn_options, reported
+from rnnkernels.validation import autocast_dtype, check_call, check_indrnn_options, reported
 from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
+
+# From this many FLOPs (2 * rows * I * G*H) the cpp backend computes gx with its own GEMM
+# (ops/linear.py); below, the Python autograd layer of that op (~55 us a training call, ~5 us in
+# inference) costs more than its GEMM saves (one Zen 4 core, x [N,H] W^T, forward+backward: 3.3
+# MFLOP 220 vs F.linear's 173 us, 26 MFLOP 966 vs 954, 105 MFLOP 3651 vs 3804).
+_OWN_GEMM_FLOPS = 32_000_000
 
 # The recurrence of one direction of one layer: (gx [T,B,G*H], initial states, its weights,
 # lengths, reverse, backend, selection) -> (y [T,B,*], final states).
@@ -212,6 +221,12 @@ def _stack(
     selection = get_backend() if backend is None else None  # checked again when the ops run
     lengths = layout.index()
     layer_weights = [WEIGHTS[cell](*entry) for entry in weights]
+    autocast = _Autocast.of(cell, layout, hx, R != H)
+    if autocast is not None:
+        direction = autocast.recurrence(direction)
+    # the input GEMMs: the cpp backend's own (ops/linear.py) from _OWN_GEMM_FLOPS; F.linear under
+    # autocast (which casts it) and torch.export (aten's linear runs wherever the program runs)
+    own_gemm = name == "cpp" and autocast is None and not onnx.torch_exporting()
     finals: list[tuple[Tensor, ...]] = []
     for layer in range(num_layers):
         outputs = []
@@ -219,14 +234,19 @@ def _stack(
             index = layer * D + d
             states = tuple(h[index] for h in hx)
             w = layer_weights[index]
-            gx = layout.padded(F.linear(x, w.weight_ih, w.input_bias()))  # one GEMM, all steps
+            ours = own_gemm and 2 * x.numel() * w.weight_ih.shape[0] >= _OWN_GEMM_FLOPS
+            project = cpp_linear if ours else F.linear
+            gx = layout.padded(project(x, w.weight_ih, w.input_bias()))  # one GEMM, all steps
             y, final = direction(gx, states, w, lengths, d == 1, name, selection)
             outputs.append(layout.unpadded(y))
             finals.append(final)
         x = torch.cat(outputs, -1) if D == 2 else outputs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, dropout, training=True)
-    return layout.result(x, tuple(torch.stack(states) for states in zip(*finals)))
+    h_n = tuple(torch.stack(states) for states in zip(*finals))
+    if autocast is not None:
+        x, h_n = autocast.outputs(x, h_n)
+    return layout.result(x, h_n)
 
 
 def _describe(
@@ -246,7 +266,9 @@ def _describe(
     B, T = layout.B, layout.T
     if torch.jit.is_tracing():  # sizes are traced tensors there; the backend choice is not traced
         B, T = int(B), int(T)
-    return LayerCall(cell, x.device, x.dtype, B, H, R, T, num_layers, bidirectional, packed, grad)
+    # under autocast the recurrent kernels get fp32 (_Autocast), whatever the input's dtype
+    dtype = x.dtype if autocast_dtype(x) is None else torch.float32
+    return LayerCall(cell, x.device, dtype, B, H, R, T, num_layers, bidirectional, packed, grad)
 
 
 def describe_call(module: Any, input: Tensor | PackedSequence, hx: Any = None) -> LayerCall:
@@ -317,6 +339,64 @@ _native_eager._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
     "cannot trace (a graph break, as for nn.LSTM); with fullgraph=True use backend='auto' or a "
     "kernel backend ('cpp', 'numba', 'triton', 'reference')"
 )
+
+
+class _Autocast(NamedTuple):
+    """How a call runs under ``torch.autocast`` (docs/design.md, "Mixed precision"): the input
+    GEMMs as autocast casts them, the recurrence in fp32 with autocast off inside it, the outputs
+    in the dtypes torch's module returns under the same autocast."""
+
+    y: torch.dtype  # the output's dtype
+    states: tuple[torch.dtype, ...]  # h_n's (LSTM: h_n's, c_n's)
+
+    @staticmethod
+    def of(cell: str, layout: _Layout, hx: tuple[Tensor, ...], proj: bool) -> _Autocast | None:
+        """The call's plan, or None where autocast leaves it alone (validation.autocast_dtype).
+        The outputs' dtypes are torch's, found by running its modules (tests/test_autocast.py):
+        on CPU an output torch computes from a low-precision GEMM is in the autocast dtype, one it
+        computes as a sum with the previous state (GRU's h = (1-z)*n + z*h, LSTM's c) promotes
+        the state's dtype with it, and LSTM runs oneDNN's fused kernel, all in the autocast dtype,
+        except on packed input or with a projection; on CUDA cuDNN's autocast wrapper casts every
+        cell to fp16, whatever the autocast dtype (torch's aten/src/ATen/cudnn/AutocastRNN.cpp).
+        IndRNN follows nn.RNN (its h = act(gx + u * h) is nn.RNN's with a diagonal W_hh)."""
+        dtype = autocast_dtype(layout.x)
+        if dtype is None:
+            return None
+        given = functools.reduce(torch.promote_types, [h.dtype for h in hx])  # (zeros: x's)
+        low, kept = dtype, torch.promote_types(given, dtype)
+        if layout.x.device.type == "cuda":
+            low = kept = torch.float16
+        if cell == "indrnn":
+            return _Autocast(low, (low,))
+        if cell == "gru":
+            return _Autocast(kept, (kept,))
+        if proj:  # h = (o * tanh(c)) W_hr^T is a GEMM; c is a sum
+            return _Autocast(low, (low, kept))
+        if layout.packed is not None:
+            return _Autocast(kept, (kept, kept))
+        return _Autocast(low, (low, low))
+
+    def recurrence(self, direction: Direction) -> Direction:
+        """``direction`` on fp32 ``gx``, states and recurrent weights, with autocast off inside:
+        the kernels run in fp32 (the backend was resolved for fp32, _describe), and no torch op
+        within them (the reference loop's GEMMs, for one) is cast behind their back."""
+
+        def run(gx, states, w, lengths, reverse, backend, selection):
+            recurrent = {
+                name: tensor.float()
+                for name, tensor in w._asdict().items()
+                if name != "weight_ih" and tensor is not None
+            }
+            with torch.autocast(gx.device.type, enabled=False):
+                return direction(gx.float(), tuple(h.float() for h in states),
+                                 w._replace(**recurrent), lengths, reverse, backend,
+                                 selection)  # fmt: skip
+
+        return run
+
+    def outputs(self, y: Tensor, h_n: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The output and final states in the dtypes torch's module returns."""
+        return y.to(self.y), tuple(h.to(dtype) for h, dtype in zip(h_n, self.states))
 
 
 class _Layout:

@@ -1,9 +1,9 @@
-"""What only the Numba backend has: the package on Numba without the C++ extension, the step
-GEMMs' fallback without torch's BLAS, the kernel cache from a read-only install. (Parity and
+"""What only the Numba backend has: the package on Numba without the C++ extension, our step
+GEMM, the batch chunks over threads, the kernel cache from a read-only install. (Parity and
 gradients: the ``backend`` parameter of test_ops.py, test_parity.py and friends; determinism,
-NaN/Inf, long runs and threaded steps: the (backend, cell) matrix of test_kernels.py.)"""
+NaN/Inf, long runs and threaded shapes: the (backend, cell) matrix of test_kernels.py.)"""
 
-import importlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -11,14 +11,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import rnnkernels
 from rnnkernels.backends import kernels
-from rnnkernels.ops.gru.op import gru_fwd
-from rnnkernels.ops.lstm.op import lstm_fwd
-from rnnkernels.testing import N_OUT, assert_close, layer_args, needs
+from rnnkernels.testing import N_FWD, layer_args, needs, run_layer
 
 pytestmark = pytest.mark.usefixtures("numba_available")
 
@@ -73,27 +72,78 @@ def test_package_runs_on_numba_without_the_cpp_extension():
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_step_gemm_fallback_without_torch_blas(cell, monkeypatch):
-    """Where torch exports no sgemm_/dgemm_, the kernels' step GEMMs are np.dot (scipy's BLAS)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans", [True, False])
+def test_step_gemm_matches_the_product_and_rows_are_independent(trans, dtype):
+    """step_gemm (our panels and register blocks) against a float64 product: row counts around
+    the 4-row block, columns around the panel pairs (tails, an odd last panel), any K. Each row
+    is the same bits computed alone, which the batch chunks' determinism rests on."""
+    from rnnkernels.ops.numba_jit import gemm_pairs, pack_panels, step_gemm
+
+    rng = np.random.default_rng(0)
+    eps = np.finfo(dtype).eps
+    for M, K, N in itertools.product([1, 3, 4, 9], [1, 7, 64], [1, 5, 32, 33, 64, 100, 129]):
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((N, K) if trans else (K, N)).astype(dtype)
+        panels = pack_panels(w, trans)
+        pairs, spill = (0, gemm_pairs(panels)), np.empty((1, 2 * panels.shape[2]), dtype)
+        out = np.full((M, N), np.nan, dtype)
+        step_gemm(a, panels, out, spill, pairs)
+        expected = a.astype(np.float64) @ (w.T if trans else w).astype(np.float64)
+        bound = K * eps * (np.abs(a) @ np.abs(w.T if trans else w))  # the sum's rounding error
+        assert (np.abs(out - expected) <= bound).all(), (M, K, N)
+        for b in range(M):
+            row = np.empty((1, N), dtype)
+            step_gemm(a[b : b + 1], panels, row, spill, pairs)
+            assert np.array_equal(row[0], out[b]), (M, K, N, b)
+
+
+@pytest.mark.parametrize(
+    "lengths,threads,chunks",
+    [
+        ([5] * 8, 2, [(0, 4), (4, 8)]),
+        ([5] * 7, 2, [(0, 7)]),  # fewer than 4 rows for the second thread
+        ([5] * 33, 2, [(0, 16), (16, 33)]),
+        ([5] * 32, 1, [(0, 32)]),
+        ([5] * 32, 3, [(0, 12), (12, 20), (20, 32)]),
+        (list(range(1, 33)), 2, [(0, 24), (24, 32)]),  # equal shares of the valid steps
+        ([1] * 8 + [100] * 4, 3, [(0, 8), (8, 12)]),  # the shares leave no block for a third
+        ([0] * 16, 2, [(0, 8), (8, 16)]),  # empty rows count as one step each
+    ],
+)
+def test_batch_chunks(lengths, threads, chunks):
+    from rnnkernels.ops.numba_jit import batch_chunks
+
+    assert batch_chunks(np.array(lengths), threads) == chunks
+
+
+# B=13: two batch chunks at two threads; B=3: split steps (its parts: the GEMMs' column pairs,
+# the pointwise pass's hidden units; H=40 gives a part 16 or 24 units, 4H=160 2 or 3 pairs), at
+# three threads on this 2-core machine too (a part waits for one that has no core).
+@pytest.mark.parametrize("B,threads", [(13, 2), (3, 2), (3, 3)], ids=["chunks", "split", "split3"])
+@pytest.mark.parametrize("cell,variant", [("lstm", 0), ("lstm", 24), ("gru", True), ("gru", False)])
+def test_threads_give_the_bits_of_one(cell, variant, B, threads, monkeypatch):
+    """Batch chunks and split steps (thresholds lifted) give the bits of one thread, forward and
+    backward, with mixed lengths both ways: every tensor but the weight gradients, which torch's
+    GEMMs compute after the kernel (their bits depend on torch's thread count)."""
     from rnnkernels.ops import numba_jit
 
-    module = importlib.import_module(f"rnnkernels.ops.{cell}.numba")
-    monkeypatch.setattr(numba_jit, "TORCH_BLAS", False)
-    monkeypatch.setattr(module, "TORCH_BLAS", False)
-    fwd = {"lstm": lstm_fwd, "gru": gru_fwd}[cell]
-    oracle_fwd = getattr(kernels("reference", cell), f"{cell}_fwd")
-    n_out = N_OUT[cell]
-    for dtype in (torch.float32, torch.float64):
-        args = layer_args(cell, 5, 4, 3, 2 if cell == "lstm" else True, [5, 0, 3, 2], False,
-                          dtype, requires_grad=True)  # fmt: skip
-        got, expected = fwd(*args, "numba"), oracle_fwd(*args)
-        cotangents = [torch.randn_like(o) for o in got[:n_out]]
-        leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
-        got_grads = torch.autograd.grad(got[:n_out], leaves, cotangents)
-        expected_grads = torch.autograd.grad(expected[:n_out], leaves, cotangents)
-        for k, (a, b) in enumerate(zip([*got, *got_grads], [*expected, *expected_grads])):
-            assert_close(a, b, f"{dtype} tensor {k}")
+    monkeypatch.setattr(numba_jit, "MIN_THREADED_FLOPS", 0)
+    monkeypatch.setattr(numba_jit, "MIN_SPLIT_STEP_FLOPS", 0)
+    saved = torch.get_num_threads()
+    try:
+        for reverse in (False, True):
+            args = layer_args(cell, 7, B, 40, variant, "mixed", reverse, torch.float32)
+            runs = []
+            for n in (1, threads):
+                torch.set_num_threads(n)
+                runs.append(run_layer(kernels("numba", cell), cell, args))
+            n_fwd = N_FWD[cell]  # then d_gx, the weight gradients, the state gradients
+            kept = [*range(n_fwd), n_fwd, *range(n_fwd + 3, len(runs[0]))]
+            for k in kept:
+                assert torch.equal(runs[0][k], runs[1][k]), f"reverse={reverse}: tensor {k} differs"
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.slow  # two fresh processes, one compiling the IndRNN kernels: ~10-30 s

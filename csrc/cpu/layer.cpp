@@ -5,6 +5,7 @@
 
 #include <rnnkernels/gru.h>
 #include <rnnkernels/indrnn.h>
+#include <rnnkernels/linear.h>
 #include <rnnkernels/lstm.h>
 
 #include <c10/util/Exception.h>
@@ -31,20 +32,17 @@ void check_bias(const char* name, const char* what, const std::optional<at::Tens
               "_layer: ", what, " must be [", gate_rows, "], got ", bias->sizes());
 }
 
-// gx [T,B,G] = x W_ih^T + sum of the given biases: one GEMM over all T.
+// gx [T,B,G] = x W_ih^T + sum of the given biases: one GEMM over all T (linear.h).
 at::Tensor project(const at::Tensor& x, const at::Tensor& w_ih,
                    const std::optional<at::Tensor>& bias1,
                    const std::optional<at::Tensor>& bias2) {
-  const int64_t T = x.size(0), B = x.size(1);
-  const at::Tensor x2 = x.reshape({T * B, x.size(2)});  // [T*B, I]
-  at::Tensor bias;
+  std::optional<at::Tensor> bias;
   if (bias1 && bias2) {
     bias = bias1->add(*bias2);
   } else if (bias1 || bias2) {
     bias = bias1 ? *bias1 : *bias2;
   }
-  const at::Tensor gx = bias.defined() ? bias.addmm(x2, w_ih.t()) : x2.mm(w_ih.t());
-  return gx.view({T, B, w_ih.size(0)});
+  return linear(x, w_ih, bias);
 }
 
 struct ProjectionGrads {
@@ -57,7 +55,7 @@ ProjectionGrads project_bwd(const at::Tensor& d_gx, const at::Tensor& x, const a
   const int64_t T = x.size(0), B = x.size(1);
   const at::Tensor d_gx2 = d_gx.reshape({T * B, d_gx.size(2)});  // [T*B, G]
   ProjectionGrads grads;
-  grads.d_x = d_gx2.mm(w_ih).view({T, B, x.size(2)});
+  grads.d_x = linear(d_gx, w_ih.t(), std::nullopt);  // d_gx W_ih, W_ih read in place
   grads.d_w_ih = d_gx2.t().mm(x.reshape({T * B, x.size(2)}));
   if (need_bias) grads.d_bias = d_gx2.sum(0);
   return grads;

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -71,6 +72,14 @@ Tensors3 indrnn_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&
   return {like(y), like(u), like(h0)};
 }
 
+// y [*, n] = x [*, k] W^T + bias, W [n, k] (include/rnnkernels/linear.h).
+at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>&) {
+  std::vector<c10::SymInt> sizes(x.sym_sizes().begin(), x.sym_sizes().end());
+  sizes.back() = weight.sym_size(0);
+  return x.new_empty_symint(sizes);
+}
+
 void define_ops(torch::Library& m) {
   m.def(
       "lstm_fwd(Tensor gx, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
@@ -94,6 +103,8 @@ void define_ops(torch::Library& m) {
       "bool reverse, str nonlinearity, Tensor y) -> (Tensor, Tensor, Tensor)");
   // For the benchmark (include/rnnkernels/peak.h); no tensor to dispatch on: one kernel for all.
   m.def("fma_rate(int rounds) -> float", &rnnkernels::fma_rate);
+  // The cpp backend's input projection (rnnkernels/ops/linear.py gives it autograd).
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 void cpu_kernels(torch::Library& m) {
@@ -103,6 +114,7 @@ void cpu_kernels(torch::Library& m) {
   m.impl("gru_bwd", &rnnkernels::gru_bwd);
   m.impl("indrnn_fwd", &rnnkernels::indrnn_fwd);
   m.impl("indrnn_bwd", &rnnkernels::indrnn_bwd);
+  m.impl("linear", &rnnkernels::linear);
 }
 
 void meta_kernels(torch::Library& m) {
@@ -112,6 +124,7 @@ void meta_kernels(torch::Library& m) {
   m.impl("gru_bwd", &gru_bwd_meta);
   m.impl("indrnn_fwd", &indrnn_fwd_meta);
   m.impl("indrnn_bwd", &indrnn_bwd_meta);
+  m.impl("linear", &linear_meta);
 }
 
 constexpr const char* kNamespace = "rnnkernels_cpp";

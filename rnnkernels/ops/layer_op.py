@@ -36,13 +36,26 @@ from torch.autograd import forward_ad
 _LIBRARY = torch.library.Library("rnnkernels", "FRAGMENT")
 
 
+def _without_autocast(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """``backward`` run as ``torch.amp.custom_bwd`` runs one: with autocast off. The op's forward
+    runs at fp32 (functional._Autocast), and a ``loss.backward()`` called inside an autocast region
+    would otherwise run the backward's torch-side GEMMs (weight gradients, the reference and
+    differentiable backwards) in bf16 / fp16."""
+
+    def run(ctx: Any, *grads: Any) -> Any:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return backward(ctx, *grads)
+
+    return run
+
+
 def define_layer_op(
     name: str,
     kernel: Callable[..., Any],
     fake: Callable[..., Any],
     setup_context: Callable[..., None],
     backward: Callable[..., tuple[Tensor | None, ...]],
-    batch_dims: Mapping[str, int],
+    batch_dims: Mapping[str, int] | Callable[..., Any],
 ) -> torch._ops.OpOverload:
     """Defines ``rnnkernels::<name>`` and returns it: schema from ``kernel``'s annotations,
     ``kernel`` for every device, ``fake`` for FakeTensor, and autograd by ``setup_context(ctx,
@@ -50,7 +63,8 @@ def define_layer_op(
     always in full, defaults filled in; ``backward`` differentiable when it runs with grad mode
     on). No forward-mode derivative: a tangent raises, naming what works. ``batch_dims``: the
     arguments that hold the batch (``gx`` [T,B,*], the initial states [B,*], ``lengths`` [B]) and
-    where, for the vmap rule (``_vmap_rule``)."""
+    where, for the vmap rule (``_vmap_rule``); or the op's own vmap rule (``register_vmap``'s), for
+    an op of another form (the cpp backend's input GEMM, ``ops/linear.py``)."""
     _LIBRARY.define(name + torch.library.infer_schema(kernel, mutates_args=()))
     op = getattr(torch.ops.rnnkernels, name).default
     _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
@@ -84,7 +98,7 @@ def define_layer_op(
         {
             "forward": staticmethod(forward),
             "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward),
+            "backward": staticmethod(_without_autocast(backward)),
             "jvp": staticmethod(jvp),
         },
     )
@@ -110,9 +124,9 @@ def define_layer_op(
 
     _LIBRARY.impl(name, autograd_kernel, "Autograd", with_keyset=True)
     names = [arg.name for arg in op._schema.arguments]
-    torch.library.register_vmap(
-        op, partial(_vmap_rule, op, names, defaults, batch_dims), lib=_LIBRARY
-    )
+    if not callable(batch_dims):
+        batch_dims = partial(_vmap_rule, op, names, defaults, batch_dims)
+    torch.library.register_vmap(op, batch_dims, lib=_LIBRARY)
     return op
 
 

@@ -4,5 +4,6 @@
 #include <rnnkernels/gru.h>
 #include <rnnkernels/indrnn.h>
 #include <rnnkernels/layer.h>
+#include <rnnkernels/linear.h>
 #include <rnnkernels/lstm.h>
 #include <rnnkernels/peak.h>
