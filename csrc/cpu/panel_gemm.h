@@ -129,7 +129,8 @@ __attribute__((target("avx512f"))) void avx512_block(int64_t k, const float* a, 
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = init ? _mm512_load_ps(init + 16 * v) : _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v)
+      acc[r][v] = init ? _mm512_load_ps(init + 16 * v) : _mm512_setzero_ps();
   for (int64_t i = 0; i < k; ++i) {
     const float* p = panel + i * W;
     __m512 b[V];
@@ -319,7 +320,8 @@ class PackedPanels {
       std::fill_n(bias_, bias_floats, 0.f);
       std::copy_n(bias, n, bias_);
     }
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, panel_floats));
+    const int64_t grain =
+        std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, panel_floats));
     at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t col = p * width, cols = std::min(width, n - col);

@@ -22,9 +22,11 @@
 // H=512 73.6 / 138 -> 66.5 / 134; T=100 B=1 H=256 1.45 / 2.07 -> 1.27 / 1.79; T=100 B=4 H=1024
 // 43.7 / 80.2 -> 36.4 / 76.8; T=200 B=8 H=64 0.75 / 1.27 -> 0.68 / 1.17 (the new build with the
 // AVX2 kernel forced: forwards 19.2, 14.9, 68.3, 1.39, 41.7, 0.73: part of the gain is the
-// faster packing of panel_gemm.h, the most at H=1024). The GEMM now runs at ~107 GFLOP/s of the core's 117 (FMA peak); the rest of a
-// forward step is the pointwise pass (16% of the layer at H=256, 26% at H=128), bound by its
-// memory traffic (gx in, gates, cells and y out: 3.1-3.4 ns an element streaming, 1.9 hot).
+// faster packing of panel_gemm.h, the most at H=1024). The GEMM now runs at ~107 GFLOP/s of the
+// core's 117 (FMA peak); the rest of a forward step is the pointwise pass (16% of the layer at
+// H=256, 26% at H=128), bound by its memory traffic (gx in, gates, cells and y out: 3.1-3.4 ns an
+// element streaming, 1.9 hot). Fusing it into the GEMM's sweep would save only the re-read of the
+// step's gates from L2 (not tried).
 #pragma once
 
 #include <ATen/Parallel.h>
