@@ -33,6 +33,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 from torch import Tensor
 
+from rnnkernels.ops.steps import full_lengths
+
 OPTIONS = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 FLOATS = (types.float32, types.float64)
 
@@ -229,7 +231,7 @@ def _lanes(a):
 
 
 # --- step GEMM ----------------------------------------------------------------------------------
-# out[M, N] = a[M, K] op(W), ours, on the calling thread. op(W) is packed once per kernel call
+# out[M, N] = a[M, K] op(W), ours, on the thread that calls it. op(W) is packed once per layer call
 # (pack_panels) into panels of PANEL_VECTORS vectors of columns, [K][panel] each, so that a step
 # reads W in order. A register block of 4 rows x 2 panels (16 vector accumulators; 4 panel loads
 # and 4 broadcasts per 16 FMAs) walks each pair of panels down k; the rows left over (B=1
@@ -240,7 +242,7 @@ def _lanes(a):
 # on a loaded machine, the best of many: [32,256]x[256,1024] 146 vs 363 (the FMA peak, 117
 # GFLOP/s, is 143); [64,512]x[512,2048] 1343 vs 1502; [8,64]x[64,256] 2.4 vs 4.0;
 # [16,128]x[128,512] 18.4 vs 25; [1,256]x[256,1024] 10.7 vs 20; [4,1024]x[1024,4096] 313 vs 1514
-# (W is 16 MB there, from L3). MKL on both threads was not faster on any of these.
+# (W is 16 MB there, from L3).
 PANEL_VECTORS = 2
 
 
@@ -676,37 +678,42 @@ def threading_args(f: types.Float) -> tuple[types.Type, ...]:
     return f[:, ::1], types.int32[::1], types.int64, types.int64, types.int64, types.int64
 
 
+_NO_SYNC = np.zeros(3, np.int32)
+
+
 def run(
     kernel: Callable, entries: tuple, args: tuple, lengths: np.ndarray, step_flops: int
 ) -> None:
     """kernel(*args, spill, sync, b0, b1, part, parts): on torch's OpenMP team through the entry
     of args' dtype (entries: float32, float64) as batch chunks or split steps, or on this thread
-    (see above). ``step_flops``: the FLOPs of one row's step GEMMs (twice their weights'
-    elements); args[0]: an array of the kernel's dtype."""
+    (see above). ``lengths``: clipped to [0, T] (``full_lengths_array``); ``step_flops``: the
+    FLOPs of one row's step GEMMs (twice their weights' elements); args[0]: an array of the
+    kernel's dtype."""
     B, threads, dtype = lengths.shape[0], torch.get_num_threads(), args[0].dtype
     spill = 2 * PANEL_VECTORS * VECTOR_BYTES // dtype.itemsize
-    sync = np.zeros(3, np.int32)
     chunks, split = [(0, B)], False
-    if (
-        OPENMP
-        and threads > 1
-        and step_flops * int(np.maximum(lengths, 0).sum()) >= MIN_THREADED_FLOPS
-    ):
+    if OPENMP and threads > 1 and step_flops * int(lengths.sum()) >= MIN_THREADED_FLOPS:
         chunks = batch_chunks(lengths, threads)
         split = len(chunks) == 1 and (
             step_flops * B >= MIN_SPLIT_STEP_FLOPS
             or step_flops // 2 * dtype.itemsize > SPLIT_WEIGHT_BYTES
         )
-    if len(chunks) == 1 and not split:
-        kernel(*args, np.empty((1, spill), dtype), sync, 0, B, 0, 1)
+    if len(chunks) == 1 and not split:  # one part: no barrier reads or writes sync
+        kernel(*args, np.empty((1, spill), dtype), _NO_SYNC, 0, B, 0, 1)
         return
     team = threads if split else len(chunks)
+    sync = np.zeros(3, np.int32)
     job = (*args, np.empty((team, spill), dtype), sync, np.array(chunks, np.int64), split)
     entry = entries[0] if dtype == np.float32 else entries[1]
     _on_team(entry.address, team, job)
 
 
 # --- arguments -----------------------------------------------------------------------------------
+
+
+def full_lengths_array(lengths: Tensor | None, T: int, B: int) -> np.ndarray:
+    """[B] int64: steps.full_lengths as an array (without a torch op when lengths is None)."""
+    return np.full(B, T, np.int64) if lengths is None else as_array(full_lengths(lengths, T, B))
 
 
 def as_array(t: Tensor) -> np.ndarray:

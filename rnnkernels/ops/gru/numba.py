@@ -21,6 +21,7 @@ from rnnkernels.ops.numba_jit import (
     OPTIONS,
     as_array,
     barrier,
+    full_lengths_array,
     gemm_columns,
     gemm_pairs,
     job_types,
@@ -37,7 +38,7 @@ from rnnkernels.ops.numba_jit import (
     threading_args,
     valid_span,
 )
-from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, weight_grad
+from rnnkernels.ops.steps import absent_grad, previous_states, weight_grad
 
 
 @njit(**OPTIONS)
@@ -231,7 +232,7 @@ def gru_fwd(
     gates, hn = torch.empty(T, B, G, **new), torch.empty(T, B, H, **new)
     gx_array, w_hh_array = as_array(gx), as_array(w_hh)
     bias = as_array(b_hh) if b_hh is not None else np.zeros(G, gx_array.dtype)
-    lengths_array = as_array(full_lengths(lengths, T, B))
+    lengths_array = full_lengths_array(lengths, T, B)
     args = (
         gx_array, pack_panels(w_hh_array, True), bias, as_array(h0), lengths_array, reverse,
         y.numpy(), hT.numpy(), gates.numpy(), hn.numpy(), np.empty((B, G), gx_array.dtype),
@@ -261,7 +262,7 @@ def gru_bwd(
     d_h0 = torch.empty(B, H, **new).copy_(grad_hT)
     h_prev = previous_states(y.detach(), h0.detach(), lengths, reverse).contiguous()
     w_hh_array = as_array(w_hh)
-    lengths_array = as_array(full_lengths(lengths, T, B))
+    lengths_array = full_lengths_array(lengths, T, B)
     args = (
         as_array(grad_y), pack_panels(w_hh_array, False), lengths_array, reverse, as_array(gates),
         as_array(hn), h_prev.numpy(), d_gx.numpy(), d_h0.numpy(), d_gh.numpy(),

@@ -21,6 +21,7 @@ from rnnkernels.ops.numba_jit import (
     OPTIONS,
     as_array,
     barrier,
+    full_lengths_array,
     gemm_columns,
     gemm_pairs,
     job_types,
@@ -37,7 +38,7 @@ from rnnkernels.ops.numba_jit import (
     threading_args,
     valid_span,
 )
-from rnnkernels.ops.steps import absent_grad, full_lengths, previous_states, weight_grad
+from rnnkernels.ops.steps import absent_grad, previous_states, weight_grad
 
 
 @njit(**OPTIONS)
@@ -295,7 +296,7 @@ def lstm_fwd(
     gates, cells = torch.empty(T, B, G, **new), torch.empty(T, B, H, **new)
     gx_array, w_hh_array = as_array(gx), as_array(w_hh)
     w_hr_array = as_array(w_hr) if w_hr is not None else np.empty((0, H), gx_array.dtype)
-    lengths_array = as_array(full_lengths(lengths, T, B))
+    lengths_array = full_lengths_array(lengths, T, B)
     args = (
         gx_array, pack_panels(w_hh_array, True), pack_panels(w_hr_array, True), as_array(h0),
         as_array(c0), lengths_array, reverse, y.numpy(), hT.numpy(), cT.numpy(), gates.numpy(),
@@ -337,7 +338,7 @@ def lstm_bwd(
     dh_t, hidden = torch.empty(steps, B, R, **new), torch.empty(steps, B, H, **new)
     w_hh_array = as_array(w_hh)
     w_hr_array = as_array(w_hr) if proj else np.empty((0, H), w_hh_array.dtype)
-    lengths_array = as_array(full_lengths(lengths, T, B))
+    lengths_array = full_lengths_array(lengths, T, B)
     args = (
         as_array(grad_y), pack_panels(w_hh_array, False), pack_panels(w_hr_array, False),
         as_array(c0), lengths_array, reverse, as_array(gates), as_array(cells), d_gx.numpy(),
