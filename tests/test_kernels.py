@@ -113,8 +113,8 @@ WEIGHTS = ["streaming", "on chip"]  # Triton's recurrent weights: streamed every
 # --- tile and thread boundaries ------------------------------------------------------------------
 
 # Two threads: B=32/33 runs as two batch chunks of 16-17 rows; B=5 with 4H=4096 / 3H=3600 splits
-# each step (the GEMM's panels, the pointwise pass's rows) in C++ and threads Numba's step GEMMs
-# (numba_jit.MIN_THREADED_STEP_FLOPS). C++ IndRNN (one thread): hidden chunks of 512 past
+# each step (the GEMM's panels, the pointwise pass's rows) in C++ and in Numba
+# (numba_jit.MIN_SPLIT_STEP_FLOPS). C++ IndRNN (one thread): hidden chunks of 512 past
 # H=1024, vector widths crossed by H=5 and 130, odd T and B. Triton: tiles of 16 (block=16)
 # crossed by B, H, P and 4H and partly filled; H=130 also crosses the default block; IndRNN's
 # tiles of up to 128 hidden units by 256 // that rows.

@@ -64,7 +64,7 @@ namespace detail {
 // core keep its share of W in its own L2 across steps where one core would stream all of W from
 // L3 every step (2 threads, T=100, B=1 H=256 forward: LSTM 1.7-2.1 -> 1.5 ms, GRU 1.3-1.5 -> 1.1
 // ms; at B=1 H=128, W in L2, the split was slower: 0.44 -> 0.56 ms). The Numba kernels keep the
-// same policy with a threshold set separately, a FLOP count alone (MIN_THREADED_STEP_FLOPS in
+// same policy with constants of their own (MIN_SPLIT_STEP_FLOPS, SPLIT_WEIGHT_BYTES in
 // rnnkernels/ops/numba_jit.py).
 inline bool split_step_gemm(int64_t rows, int64_t n, int64_t k, int64_t element_bytes) {
   return 2 * rows * n * k >= 2000000 || n * k * element_bytes > (512 << 10);
