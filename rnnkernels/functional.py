@@ -171,14 +171,34 @@ _FORWARD = {"lstm": lstm_fwd, "gru": gru_fwd, "indrnn": indrnn_fwd}
 
 def _forward(cell: str, *args: Any, backend: str, selection: str | None) -> tuple[Tensor, ...]:
     """One direction's forward op on the per-layer contract's arguments (docs/design.md, section
-    3): ours, ``torch.ops.rnnkernels.<cell>_fwd``, given the backend and selection too. Under
-    torch.export on the cpp backend, the C++ op that ours would run,
-    ``torch.ops.rnnkernels_cpp.<cell>_fwd``: C++ registers it, so the exported program runs where
-    there is no Python (AOTInductor from C++), on the backend it was exported with (section 7)."""
-    if backend == "cpp" and onnx.torch_exporting():
-        # registered since resolve found cpp available (backends._extension_missing)
-        return getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")(*args)
+    3): ours, ``torch.ops.rnnkernels.<cell>_fwd``, given the backend and selection too. On the
+    cpp backend, the C++ op that ours would run, ``torch.ops.rnnkernels_cpp.<cell>_fwd``, in two
+    cases: under torch.export, since C++ registers it, so the exported program runs where there
+    is no Python (AOTInductor from C++), on the backend it was exported with (section 7); and for
+    an eager inference call (no gradient needed), with ``save=False`` where the cell saves
+    activations: the kernel keeps none, and the call skips our op's Python layers."""
+    if backend == "cpp":  # registered, since resolve found cpp available
+        if onnx.torch_exporting():
+            return getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")(*args)
+        if _inference(args):
+            save = () if cell == "indrnn" else (False,)  # IndRNN saves nothing beyond y
+            return getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")(*args, *save)
     return _FORWARD[cell](*args, backend, selection)
+
+
+def _inference(args: Sequence[Any]) -> bool:
+    """Whether a forward call needs no backward: no tensor argument requires a gradient (or grad
+    mode is off), outside torch.compile, torch.jit.trace and torch.func transforms (which trace
+    or batch our op)."""
+    if (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return False
+    return not (
+        torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    )
 
 
 def _stack(

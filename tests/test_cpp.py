@@ -129,6 +129,55 @@ def test_ops_schema_and_fakes(cell, lengths):
     torch.library.opcheck(getattr(ops, f"{cell}_bwd"), bwd_args, test_utils=utils)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell,variant", [("lstm", 0), ("lstm", 3), ("gru", True)],
+                         ids=["lstm", "lstm-proj", "gru"])  # fmt: skip
+def test_inference_forward_keeps_no_activations(cell, variant, threads):
+    """save=False (what functional._forward passes for a call needing no gradient): the same bits
+    of y and the final states as save=True, mixed lengths both ways, and the activations come
+    back with 0 steps, as the Meta kernel says (opcheck); on one thread and in two batch chunks."""
+    torch.set_num_threads(threads)
+    op = getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")
+    for reverse in (False, True):
+        args = layer_args(cell, 6, 9, 5, variant, "mixed", reverse, torch.float32)
+        saved, inference = op(*args), op(*args, False)
+        n = N_OUT[cell]
+        for k in range(n):
+            assert torch.equal(saved[k], inference[k]), f"output {k}"
+        for k in range(n, len(saved)):
+            assert inference[k].shape == (0, *saved[k].shape[1:]), f"activation {k}"
+        torch.library.opcheck(op, (*args, False), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "IndRNN"])
+def test_module_inference_calls_the_cpp_op_directly(cell, monkeypatch):
+    """Under no_grad a cpp module calls torch.ops.rnnkernels_cpp.<cell>_fwd itself (LSTM and GRU
+    with save=False), not our op, and gives the bits of the call with gradients (2 layers,
+    bidirectional, packed); with gradients it runs our op."""
+    import rnnkernels
+    from rnnkernels import functional
+
+    torch.manual_seed(0)
+    model = getattr(rnnkernels, cell)(4, 6, num_layers=2, bidirectional=True, backend="cpp")
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(7, 3, 4), [7, 4, 2])
+    expected = model(x)
+    calls = []
+    ours = functional._FORWARD.copy()
+    monkeypatch.setattr(functional, "_FORWARD", {
+        name: (lambda *a, _f=f, _n=name: calls.append(_n) or _f(*a)) for name, f in ours.items()
+    })  # fmt: skip
+    with torch.no_grad():
+        got = model(x)
+    assert calls == []
+    assert torch.equal(got[0].data, expected[0].data)
+    for a, b in zip(
+        torch.utils._pytree.tree_leaves(got[1]), torch.utils._pytree.tree_leaves(expected[1])
+    ):
+        assert torch.equal(a, b)
+    model(x)
+    assert len(calls) == 4  # 2 layers x 2 directions through our op when a gradient is needed
+
+
 # --- ISA dispatch (csrc/cpu/panel_gemm.h) --------------------------------------------------------
 
 ISAS = ["avx512", "avx2", "blas"]

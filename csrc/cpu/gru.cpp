@@ -96,7 +96,7 @@ template <typename scalar_t>
 void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
                 const scalar_t* h0, const std::vector<int64_t>& len, bool reverse, scalar_t* y,
                 scalar_t* hT, scalar_t* gates, scalar_t* hn, scalar_t* gh, int64_t T, int64_t B,
-                int64_t H) {
+                int64_t H, bool save) {
   FlushDenormals flush;
   const int64_t G = 3 * H;
   std::memcpy(hT, h0, B * H * sizeof(scalar_t));  // the running state lives in hT
@@ -110,7 +110,8 @@ void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
       // gh[lo:hi] = h[lo:hi] W_hh^T   [rows, 3H]
       recurrent.gemm(r.n(), hT + r.lo * H, H, scalar_t(0), gh + r.lo * G, G);
       const scalar_t* gx_t = gx + t * B * G;
-      scalar_t *y_t = y + t * B * H, *gates_t = gates + t * B * G, *hn_t = hn + t * B * H;
+      const int64_t kept_t = save ? t : 0;  // without save, every step's gates and hn in one
+      scalar_t *y_t = y + t * B * H, *gates_t = gates + kept_t * B * G, *hn_t = hn + kept_t * B * H;
       for_rows(b0, b1, G, [&](int64_t b_begin, int64_t b_end) {
         for (int64_t b = b_begin; b < b_end; ++b) {
           if (t < len[b]) {
@@ -227,7 +228,7 @@ bool has(const std::optional<at::Tensor>& t) { return t.has_value() && t->define
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd(
     const at::Tensor& gx_in, const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_hh_in,
-    const at::Tensor& h0_in, const std::optional<at::Tensor>& lengths, bool reverse) {
+    const at::Tensor& h0_in, const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
   check_layer(gx_in, 3, w_hh_in, b_hh_in, h0_in, "gx");
   const at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous(), h0 = h0_in.contiguous();
   const at::Tensor b_hh = has(b_hh_in) ? b_hh_in->contiguous() : at::Tensor();
@@ -235,8 +236,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd(
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "gru");
   at::Tensor y = gx.new_empty({T, B, H});          // [T,B,H]
   at::Tensor hT = gx.new_empty({B, H});            // [B,H]
-  at::Tensor gates = gx.new_empty({T, B, 3 * H});  // [T,B,3H]
-  at::Tensor hn = gx.new_empty({T, B, H});         // [T,B,H]
+  const int64_t kept = save ? T : 1;                  // steps whose gates and hn are kept
+  at::Tensor gates = gx.new_empty({kept, B, 3 * H});  // [T,B,3H]
+  at::Tensor hn = gx.new_empty({kept, B, H});         // [T,B,H]
   at::Tensor gh = gx.new_empty({B, 3 * H});        // [B,3H] scratch
   auto run = [&](auto zero) {
     using scalar_t = decltype(zero);
@@ -244,9 +246,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd(
                          b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr,
                          h0.data_ptr<scalar_t>(), len, reverse, y.data_ptr<scalar_t>(),
                          hT.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-                         hn.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), T, B, H);
+                         hn.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), T, B, H, save);
   };
   gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
+  if (!save) return {y, hT, gx.new_empty({0, B, 3 * H}), gx.new_empty({0, B, H})};
   return {y, hT, gates, hn};
 }
 

@@ -131,16 +131,18 @@ struct Fwd {
   scalar_t *y, *h, *c, *gates, *cells, *r;  // h = hT, c = cT (running state); r [B,H] scratch
   const std::vector<int64_t>& len;
   int64_t T, B, H, R;
-  bool reverse;
+  bool reverse, save;  // save: gates and cells kept for every step, else one step's, reused
+
+  int64_t slot(int64_t t) const { return save ? t : 0; }  // where step t's gates and cells go
 
   template <bool proj>
   void rows(int64_t t, int64_t b_begin, int64_t b_end) const {
     const int64_t G = 4 * H;
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const int64_t at_g = (t * B + b) * G, at_h = (t * B + b) * H;
+      const int64_t at_g = (slot(t) * B + b) * G, at_h = (slot(t) * B + b) * H;
       scalar_t* g = gates + at_g;
       if (t < len[b]) {
-        const scalar_t* x = gx + at_g;
+        const scalar_t* x = gx + (t * B + b) * G;
         row_fwd<scalar_t, proj>(x, x + H, x + 2 * H, x + 3 * H, g, g + H, g + 2 * H, g + 3 * H,
                                 c + b * H, cells + at_h, proj ? r + b * H : h + b * R,
                                 y + (t * B + b) * R, H);
@@ -168,7 +170,7 @@ struct Fwd {
       const int64_t t = reverse ? T - 1 - s : s;
       const StepRows rows_t(len, t, b0, b1);
       const int64_t lo = rows_t.lo, n = rows_t.n();
-      scalar_t* g_t = gates + t * B * G;  // [B,4H]
+      scalar_t* g_t = gates + slot(t) * B * G;  // [B,4H]
       scalar_t* y_t = y + t * B * R;      // [B,R]
       recurrent.gemm(n, h + lo * R, R, scalar_t(0), g_t + lo * G, G);  // gx added pointwise
       for_rows(b0, b1, G, [&](int64_t begin, int64_t end) { rows<proj>(t, begin, end); });
@@ -306,7 +308,7 @@ void check_layer(const at::Tensor& x, int64_t G_of_x, const at::Tensor& w_hh,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
     const at::Tensor& gx_in, const at::Tensor& w_hh_in, const std::optional<at::Tensor>& w_hr_in,
     const at::Tensor& h0_in, const at::Tensor& c0_in, const std::optional<at::Tensor>& lengths,
-    bool reverse) {
+    bool reverse, bool save) {
   TORCH_CHECK(gx_in.dim() == 3, "rnnkernels lstm: gx must be [T,B,4H], got ", gx_in.sizes());
   check_layer(gx_in, gx_in.size(2), w_hh_in, w_hr_in, h0_in, c0_in);
   const bool proj = w_hr_in.has_value() && w_hr_in->defined();
@@ -318,8 +320,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
   at::Tensor y = gx.new_empty({T, B, R});          // [T,B,R]
   at::Tensor hT = gx.new_empty({B, R});            // [B,R]
   at::Tensor cT = gx.new_empty({B, H});            // [B,H]
-  at::Tensor gates = gx.new_empty({T, B, 4 * H});  // [T,B,4H]
-  at::Tensor cells = gx.new_empty({T, B, H});      // [T,B,H]
+  const int64_t kept = save ? T : 1;                  // steps whose gates and cells are kept
+  at::Tensor gates = gx.new_empty({kept, B, 4 * H});  // [T,B,4H]
+  at::Tensor cells = gx.new_empty({kept, B, H});      // [T,B,H]
   at::Tensor r = gx.new_empty({proj ? B : 0, H});  // [B,H] o*tanh(c) before the projection
   auto run = [&](auto zero) {
     using scalar_t = decltype(zero);
@@ -339,10 +342,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
                           B,
                           H,
                           R,
-                          reverse};
+                          reverse,
+                          save};
     proj ? f.template run<true>() : f.template run<false>();
   };
   gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
+  if (!save) return {y, hT, cT, gx.new_empty({0, B, 4 * H}), gx.new_empty({0, B, H})};
   return {y, hT, cT, gates, cells};
 }
 

@@ -32,11 +32,12 @@ at::Tensor like(const at::Tensor& t) { return t.new_empty_symint(t.sym_sizes());
 
 Tensors5 lstm_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::optional<at::Tensor>&,
                        const at::Tensor& h0, const at::Tensor& c0,
-                       const std::optional<at::Tensor>&, bool) {
+                       const std::optional<at::Tensor>&, bool, bool save) {
   const c10::SymInt T = gx.sym_size(0), B = gx.sym_size(1), R = h0.sym_size(1), H = c0.sym_size(1);
+  const c10::SymInt kept = save ? T : c10::SymInt(0);
   return {gx.new_empty_symint({T, B, R}), gx.new_empty_symint({B, R}),
-          gx.new_empty_symint({B, H}), gx.new_empty_symint({T, B, H * 4}),
-          gx.new_empty_symint({T, B, H})};
+          gx.new_empty_symint({B, H}), gx.new_empty_symint({kept, B, H * 4}),
+          gx.new_empty_symint({kept, B, H})};
 }
 
 Tensors5 lstm_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -48,10 +49,12 @@ Tensors5 lstm_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&,
 }
 
 Tensors4 gru_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::optional<at::Tensor>&,
-                      const at::Tensor& h0, const std::optional<at::Tensor>&, bool) {
+                      const at::Tensor& h0, const std::optional<at::Tensor>&, bool,
+                      bool save) {
   const c10::SymInt T = gx.sym_size(0), B = gx.sym_size(1), H = h0.sym_size(1);
+  const c10::SymInt kept = save ? T : c10::SymInt(0);
   return {gx.new_empty_symint({T, B, H}), gx.new_empty_symint({B, H}),
-          gx.new_empty_symint({T, B, H * 3}), gx.new_empty_symint({T, B, H})};
+          gx.new_empty_symint({kept, B, H * 3}), gx.new_empty_symint({kept, B, H})};
 }
 
 Tensors4 gru_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor& w_hh,
@@ -83,14 +86,14 @@ at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight,
 void define_ops(torch::Library& m) {
   m.def(
       "lstm_fwd(Tensor gx, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
-      "bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool reverse, bool save=True) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_bwd(Tensor grad_y, Tensor grad_hT, Tensor grad_cT, Tensor w_hh, Tensor? w_hr, "
       "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, "
       "Tensor cells) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "gru_fwd(Tensor gx, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, bool reverse) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "gru_fwd(Tensor gx, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, bool reverse, "
+      "bool save=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gru_bwd(Tensor grad_y, Tensor grad_hT, Tensor w_hh, Tensor? b_hh, Tensor h0, "
       "Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor hn) "

@@ -26,19 +26,23 @@ from rnnkernels.ops.lstm import op as lstm
 _OUR_EXTRA_INPUTS = ("cpp", None)
 
 
-def _register_autograd(cell: str, op: ModuleType) -> None:
-    """The autograd formula of ``rnnkernels_cpp::<cell>_fwd``: that of ``op``'s forward."""
+def _register_autograd(cell: str, op: ModuleType, saves: bool) -> None:
+    """The autograd formula of ``rnnkernels_cpp::<cell>_fwd``: that of ``op``'s forward.
+    ``saves``: the C++ op ends with ``save`` (keep the activations), which is True wherever a
+    gradient can be needed (functional._forward passes False for inference only)."""
 
     def setup_context(ctx, inputs, output):
-        op._setup_context(ctx, (*inputs, *_OUR_EXTRA_INPUTS), output)
+        contract = inputs[:-1] if saves else inputs
+        op._setup_context(ctx, (*contract, *_OUR_EXTRA_INPUTS), output)
 
     def backward(ctx, *grads):
-        return op._backward(ctx, *grads)[: -len(_OUR_EXTRA_INPUTS)]
+        grads_in = op._backward(ctx, *grads)[: -len(_OUR_EXTRA_INPUTS)]
+        return (*grads_in, None) if saves else grads_in
 
     torch.library.register_autograd(
         f"rnnkernels_cpp::{cell}_fwd", backward, setup_context=setup_context
     )
 
 
-for _cell, _op in (("lstm", lstm), ("gru", gru), ("indrnn", indrnn)):
-    _register_autograd(_cell, _op)
+for _cell, _op, _saves in (("lstm", lstm, True), ("gru", gru, True), ("indrnn", indrnn, False)):
+    _register_autograd(_cell, _op, _saves)

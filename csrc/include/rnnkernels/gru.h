@@ -25,12 +25,15 @@ inline namespace v0 {
 //   h0:      [B,H]     initial state
 //   lengths: [B]       int64 valid steps per sequence, or nullopt (all T valid)
 //   reverse: run t = T-1 .. 0
+//   save:    keep gates and hn for gru_bwd; false (inference) returns them as [0,B,3H] and
+//            [0,B,H], and the kernel writes one step's in place of T (less memory traffic)
 // Returns (y [T,B,H], zero past each sequence's end; hT [B,H];
 //          gates [T,B,3H], r z n after their activations, zero past the end;
 //          hn [T,B,H], gh_n = h_{t-1} W_hn^T + b_hn, zero past the end).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd(
     const at::Tensor& gx, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
-    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse);
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
+    bool save = true);
 
 // Backward of gru_fwd.
 //   grad_y: [T,B,H], grad_hT: [B,H]            gradients of y, hT

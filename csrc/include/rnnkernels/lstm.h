@@ -23,13 +23,15 @@ inline namespace v0 {
 //   h0:      [B,R]     initial hidden state;  c0: [B,H] initial cell state
 //   lengths: [B]       int64 valid steps per sequence, or nullopt (all T valid)
 //   reverse: run t = T-1 .. 0
+//   save:    keep gates and cells for lstm_bwd; false (inference) returns them as [0,B,4H] and
+//            [0,B,H], and the kernel writes one step's in place of T (less memory traffic)
 // Returns (y [T,B,R], zero past each sequence's end; hT [B,R]; cT [B,H];
 //          gates [T,B,4H], i f g o after their activations, zero past the end;
 //          cells [T,B,H], c_t after each step, frozen past the end).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
     const at::Tensor& gx, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
-    bool reverse);
+    bool reverse, bool save = true);
 
 // Backward of lstm_fwd.
 //   grad_y: [T,B,R], grad_hT: [B,R], grad_cT: [B,H]   gradients of y, hT, cT
