@@ -308,23 +308,18 @@ POISONS = {"nan": [float("nan")], "inf": [float("inf")], "-inf": [-float("inf")]
            "all": [float("nan"), float("inf"), -float("inf")]}  # fmt: skip
 POISONED = [(2, 1, 0), (5, 0, 1), (3, 2, 2)]  # where each poison goes in x [T=8, B=3, I=5]
 CONFIGS = {"1-layer": {}, "2-layers": {"num_layers": 2}, "bidirectional": {"bidirectional": True}}
-# Found when this test first ran Numba in fp32 (it had run fp64 only): saturated gates get a
-# gradient that is not exactly 0, so d_W_ih = d_gx^T x has +-Inf where torch's has NaN (0 * Inf).
-NUMBA_F32_INF = "numba fp32: +-Inf input gives +-Inf where torch gives NaN in d_weight_ih"
 NAN_CASES = grid({"name": list(MODULES), "poison": list(POISONS), "config": list(CONFIGS),
                   "dtype": [F32, F64]})  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's
 @pytest.mark.parametrize("name,poison,config,dtype", NAN_CASES)
-def test_nan_and_inf_propagate_as_in_torch(backend, name, poison, config, dtype, request):
+def test_nan_and_inf_propagate_as_in_torch(backend, name, poison, config, dtype):
     """NaN / Inf in the input reach the same outputs and gradients as in nn.LSTM / nn.GRU, whose
     values the finite elements match. IndRNN: the outputs as in the eager loop (not the
     gradients: where a relu sees a NaN, torch's relu backward passes the gradient on, NaN <= 0
     being false, while the ops' backward, like naive.py's, zeroes it)."""
     needs(backend, name.split("-")[0], dtype, device_of(backend))
-    if backend == "numba" and dtype == F32 and poison in ("inf", "-inf") and name != "indrnn":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=NUMBA_F32_INF))
     module = make_module(name, backend, dtype, **CONFIGS[config])
     x = torch.randn(8, 3, 5, dtype=dtype, device=device_of(backend))
     for where, value in zip(POISONED, POISONS[poison]):

@@ -50,7 +50,7 @@ def kernel(signature: Callable[[types.Float], types.Type]) -> Callable:
 # step loops vectorise (libm's tanhf is a scalar call); NaN passes every comparison. float64 keeps
 # libm's accuracy.
 _F = np.float32
-_TANH_CLAMP = _F(7.90531110763549805)  # beyond it p/q is 1 to float precision
+_TANH_CLAMP = _F(7.90531110763549805)  # beyond it tanh rounds to within 3e-7 of 1: +-1 (below)
 _TANH_P = tuple(
     _F(c)
     for c in (
@@ -85,15 +85,19 @@ def _tanh(x):
         return lambda x: np.tanh(x)
     p0, p1, p2, p3, p4, p5, p6 = _TANH_P
     q0, q1, q2, q3 = _TANH_Q
-    clamp, tiny = _TANH_CLAMP, _TANH_TINY
+    clamp, tiny, one = _TANH_CLAMP, _TANH_TINY, _F(1)
 
     def tanh_f32(x):
         xc = clamp if x > clamp else (-clamp if x < -clamp else x)
         x2 = xc * xc
         p = ((((((p0 * x2 + p1) * x2 + p2) * x2 + p3) * x2 + p4) * x2 + p5) * x2) + p6
         q = ((q0 * x2 + q1) * x2 + q2) * x2 + q3
-        r = xc * p / q  # computed unconditionally so the select if-converts
-        return x if abs(x) < tiny else r
+        r = xc * p / q  # computed unconditionally so the selects if-convert
+        # +-1 exactly from the clamp on (contracted into FMAs, p/q lands 1 ulp short there), so a
+        # saturated gate's derivative is 0, as torch's: 0 * Inf = NaN reaches d_W_ih as in torch
+        # (NaN fails both comparisons and stays)
+        saturated = one if x >= clamp else (-one if x <= -clamp else r)
+        return x if abs(x) < tiny else saturated
 
     return tanh_f32
 
