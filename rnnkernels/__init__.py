@@ -1,4 +1,4 @@
-"""rnnkernels: fused LSTM, GRU and IndRNN kernels behind drop-in torch modules."""
+"""rnnkernels: fused LSTM, GRU, RNN and IndRNN kernels behind drop-in torch modules."""
 
 import os as _os
 
@@ -13,11 +13,12 @@ from rnnkernels.backends import (
 )
 from rnnkernels.convert import convert, unconvert
 from rnnkernels.dispatch import explain
-from rnnkernels.modules import GRU, LSTM, IndRNN
+from rnnkernels.modules import GRU, LSTM, RNN, IndRNN
 
 __all__ = [
     "GRU",
     "LSTM",
+    "RNN",
     "BackendError",
     "IndRNN",
     "available_backends",

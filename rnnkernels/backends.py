@@ -32,7 +32,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-GATES = {"lstm": 4, "gru": 3, "indrnn": 1}  # gate rows of W_ih per hidden unit, per cell
+GATES = {"lstm": 4, "gru": 3, "indrnn": 1, "rnn": 1}  # gate rows of W_ih per hidden unit, per cell
+# The cells whose forward keeps activations beyond y for the backward (LSTM gates and cells, GRU
+# gates and hn): their C++ forward ops end with `save` (False: inference, functional._forward).
+SAVES_ACTIVATIONS = frozenset({"lstm", "gru"})
 AUTO = "auto"
 _log = logging.getLogger("rnnkernels")
 
@@ -151,7 +154,7 @@ def _triton_cannot_run(call: LayerCall) -> str | None:
 
 
 def _torch_cannot_run(call: LayerCall) -> str | None:
-    """torch's fused RNN ops run LSTM and GRU wherever torch runs them; IndRNN has none."""
+    """torch's fused RNN ops run LSTM, GRU and RNN wherever torch runs them; IndRNN has none."""
     if call.cell == "indrnn":
         return "torch has no IndRNN (no fused op to run); use cpp, numba or triton"
     return None
@@ -184,8 +187,8 @@ _REGISTRY: dict[str, Backend] = {
     ),
     "torch": Backend(
         name="torch",
-        description="torch's own fused RNN (nn.LSTM / nn.GRU's op: oneDNN or ATen on CPU, cuDNN "
-        "on CUDA), whole calls; no IndRNN",
+        description="torch's own fused RNN (nn.LSTM / nn.GRU / nn.RNN's op: oneDNN or ATen on "
+        "CPU, cuDNN on CUDA), whole calls; no IndRNN",
         unavailable=_always_available,
         cannot_run=_torch_cannot_run,
     ),
@@ -331,6 +334,8 @@ def kernels(backend: str, cell: str) -> Any:
             from rnnkernels.ops.gru import naive as module
         case "reference", "indrnn":
             from rnnkernels.ops.indrnn import naive as module
+        case "reference", "rnn":
+            from rnnkernels.ops.rnn import naive as module
         case "cpp", _:
             # the C++ extension's dispatcher ops (csrc/torch/ops.cpp), every cell's, are the
             # kernels as they are: naive.py's arguments and returns
@@ -342,12 +347,16 @@ def kernels(backend: str, cell: str) -> Any:
             from rnnkernels.ops.gru import numba as module
         case "numba", "indrnn":
             from rnnkernels.ops.indrnn import numba as module
+        case "numba", "rnn":
+            from rnnkernels.ops.rnn import numba as module
         case "triton", "lstm":
             from rnnkernels.ops.lstm import triton as module
         case "triton", "gru":
             from rnnkernels.ops.gru import triton as module
         case "triton", "indrnn":
             from rnnkernels.ops.indrnn import triton as module
+        case "triton", "rnn":
+            from rnnkernels.ops.rnn import triton as module
         case "torch", _:
             raise KeyError(
                 "backend 'torch' has no per-layer kernels: it runs whole calls (rnnkernels."

@@ -1,4 +1,4 @@
-"""``convert(model)``: swap every torch.nn.LSTM / torch.nn.GRU inside a model for ours, in place;
+"""``convert(model)``: swap every torch.nn.LSTM / GRU / RNN inside a model for ours, in place;
 ``unconvert(model)``: the inverse, for the paths that only take torch's modules."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from torch.ao.nn.quantized import dynamic as nnqd
 from torch.ao.quantization import quantization_mappings
 from torch.nn.utils import parametrize
 
-from rnnkernels.modules import GRU, LSTM, IndRNN, rnn_config
+from rnnkernels.modules import GRU, LSTM, RNN, IndRNN, rnn_config
 
-_OURS: dict[type[nn.Module], type[nn.Module]] = {nn.LSTM: LSTM, nn.GRU: GRU}
-_THEIRS: dict[type[nn.Module], type[nn.Module]] = {LSTM: nn.LSTM, GRU: nn.GRU}
+_OURS: dict[type[nn.Module], type[nn.Module]] = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
+_THEIRS: dict[type[nn.Module], type[nn.Module]] = {LSTM: nn.LSTM, GRU: nn.GRU, RNN: nn.RNN}
 # What a subclass's class body may hold and still convert: Python's bookkeeping (3.13 adds
 # __firstlineno__ and __static_attributes__) and __init__, whose work is instance state, carried
 # over. Anything else (forward, reset_parameters, a helper, a class constant) would be lost.
@@ -30,9 +30,10 @@ _NEVER_CARRIED = frozenset(("_compiled_call_impl", "_script_config"))
 
 
 def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
-    """Replaces each ``nn.LSTM`` / ``nn.GRU`` in ``model`` (the model itself included) with
-    ``rnnkernels.LSTM`` / ``rnnkernels.GRU`` built with ``backend=backend``, in place, and returns
-    the (possibly new) top-level module. A module reachable by several paths is converted once.
+    """Replaces each ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` in ``model`` (the model itself included)
+    with ``rnnkernels.LSTM`` / ``GRU`` / ``RNN`` built with ``backend=backend``, in place, and
+    returns the (possibly new) top-level module. A module reachable by several paths is converted
+    once.
 
     The new module takes over the old one's state, the very objects: its Parameters (optimisers
     and tied weights keep working), buffers, submodules, its parametrizations
@@ -54,9 +55,9 @@ def convert(model: nn.Module, backend: str | None = None) -> nn.Module:
 
 
 def unconvert(model: nn.Module, *, keep_indrnn: bool = False) -> nn.Module:
-    """The inverse of ``convert``: replaces each ``rnnkernels.LSTM`` / ``rnnkernels.GRU`` in
-    ``model`` (the model itself included) with ``nn.LSTM`` / ``nn.GRU``, in place, and returns the
-    (possibly new) top-level module. For the paths that take torch's modules only:
+    """The inverse of ``convert``: replaces each ``rnnkernels.LSTM`` / ``GRU`` / ``RNN`` in
+    ``model`` (the model itself included) with ``nn.LSTM`` / ``GRU`` / ``RNN``, in place, and
+    returns the (possibly new) top-level module. For the paths that take torch's modules only:
     ``torch.ao.quantization.quantize_dynamic`` with a spec naming ``nn.LSTM`` / ``nn.GRU``,
     ``torch.func`` transforms, code that checks ``isinstance(m, nn.LSTM)``.
 
@@ -135,7 +136,10 @@ def _swap(
     old: nn.Module, base: type[nn.Module], target: type[nn.Module], kwargs: dict
 ) -> nn.Module:
     """A ``target`` configured as ``old`` (a ``base``), taking over its state."""
+    # the arguments only some cells take (mode: "RNN_TANH" / "RNN_RELU" for both RNNs)
     extra = {"proj_size": old.proj_size} if old.mode == "LSTM" else {}
+    if old.mode.startswith("RNN"):
+        extra = {"nonlinearity": old.nonlinearity}
     # meta: its own parameters are dropped below for old's
     new = target(**rnn_config(old), **extra, **kwargs, device=torch.device("meta"))
     for name in old.parametrizations if parametrize.is_parametrized(old) else ():
@@ -155,7 +159,8 @@ def _swap(
 
 @functools.cache
 def _attributes(cls: type[nn.Module]) -> frozenset[str]:
-    """The instance attributes a fresh ``cls`` RNN sets beyond those of every nn.Module."""
+    """The instance attributes a fresh ``cls`` RNN sets beyond those of every nn.Module (for
+    nn.RNN / RNN, ``nonlinearity`` too)."""
     return frozenset(vars(cls(1, 2, device="meta"))) - frozenset(vars(nn.Module()))
 
 
@@ -193,7 +198,8 @@ class _NoDynamicQuantized:
 def _register_dynamic_quantization(mapping: dict[Callable, object]) -> None:
     """quantize_dynamic matches module types exactly, in this mapping (torch's default, which it
     reads when no ``mapping=`` is given): without an entry, a spec naming our classes would leave
-    them fp32 silently."""
+    them fp32 silently. ``rnnkernels.RNN`` has none, as torch's ``nn.RNN`` has none: both stay
+    fp32 (torch.ao.nn.quantized.dynamic has no RNN), what quantizing torch's model does."""
     mapping[LSTM] = _DynamicQuantized(LSTM, nnqd.LSTM)
     mapping[GRU] = _DynamicQuantized(GRU, nnqd.GRU)
     mapping[IndRNN] = _NoDynamicQuantized()

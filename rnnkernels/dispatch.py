@@ -470,8 +470,8 @@ def explain(module: torch.nn.Module, input: Any, hx: Any = None) -> Explanation:
 
     if not isinstance(module, _RecurrentBase):
         raise TypeError(
-            f"explain takes an rnnkernels LSTM, GRU or IndRNN, got {type(module).__name__} "
-            "(rnnkernels.convert swaps nn.LSTM / nn.GRU for ours)"
+            f"explain takes an rnnkernels LSTM, GRU, RNN or IndRNN, got {type(module).__name__} "
+            "(rnnkernels.convert swaps nn.LSTM / nn.GRU / nn.RNN for ours)"
         )
     call = describe_call(module, input, hx)
     auto = choose(call)

@@ -24,13 +24,20 @@ from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels import onnx
-from rnnkernels.backends import LayerCall, get_backend, resolve
+from rnnkernels.backends import SAVES_ACTIVATIONS, LayerCall, get_backend, resolve
 from rnnkernels.ops.gru.op import gru_fwd
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.linear import linear as cpp_linear
 from rnnkernels.ops.lstm.op import lstm_fwd
-from rnnkernels.validation import autocast_dtype, check_call, check_indrnn_options, reported
-from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
+from rnnkernels.ops.rnn.op import rnn_fwd
+from rnnkernels.validation import (
+    autocast_dtype,
+    check_call,
+    check_indrnn_options,
+    check_nonlinearity,
+    reported,
+)
+from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights, RNNWeights
 
 # From this many FLOPs (2 * rows * I * G*H) the cpp backend computes gx with its own GEMM
 # (ops/linear.py); below, the Python autograd layer of that op (~55 us a training call, ~5 us in
@@ -111,6 +118,43 @@ def gru(
     return output, states[0]
 
 
+def rnn(
+    input: Tensor | PackedSequence,
+    hx: Tensor | None,
+    weights: Sequence[Sequence[Tensor | None]],
+    hidden_size: int,
+    num_layers: int = 1,
+    nonlinearity: str = "tanh",
+    bidirectional: bool = False,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    backend: str | None = None,
+    *,
+    input_size: int | None = None,
+) -> tuple[Tensor | PackedSequence, Tensor]:
+    """``nn.RNN``'s forward, the Elman RNN ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T +
+    b_hh)``, ``act`` tanh or relu. ``weights[layer * D + direction]`` is an ``RNNWeights`` (or a
+    plain tuple ``(weight_ih, weight_hh, bias_ih, bias_hh)``), None for absent biases (see
+    ``lstm``). Returns ``output, h_n``."""
+    reported(lambda: check_nonlinearity(nonlinearity))
+    states = None if hx is None else (hx,)
+    reported(lambda: check_call("rnn", input, states, weights, hidden_size, num_layers,
+                                bidirectional, batch_first, input_size, None))  # fmt: skip
+
+    def direction(gx, states, w: RNNWeights, lengths, reverse, backend, selection):
+        y, hT = _forward("rnn", gx, w.weight_hh, states[0], lengths, reverse, nonlinearity,
+                         backend=backend, selection=selection)  # fmt: skip
+        return y, (hT,)
+
+    output, states = _stack(
+        "rnn", direction, input, states, (hidden_size,), weights,
+        num_layers, bidirectional, batch_first, dropout, training, backend,
+        nonlinearity=nonlinearity,
+    )  # fmt: skip
+    return output, states[0]
+
+
 def indrnn(
     input: Tensor | PackedSequence,
     hx: Tensor | None,
@@ -166,7 +210,7 @@ def _gru_direction(gx, states, w: GRUWeights, lengths, reverse, backend, selecti
     return y, (hT,)
 
 
-_FORWARD = {"lstm": lstm_fwd, "gru": gru_fwd, "indrnn": indrnn_fwd}
+_FORWARD = {"lstm": lstm_fwd, "gru": gru_fwd, "indrnn": indrnn_fwd, "rnn": rnn_fwd}
 
 
 def _forward(cell: str, *args: Any, backend: str, selection: str | None) -> tuple[Tensor, ...]:
@@ -181,7 +225,7 @@ def _forward(cell: str, *args: Any, backend: str, selection: str | None) -> tupl
         if onnx.torch_exporting():
             return getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")(*args)
         if _inference(args):
-            save = () if cell == "indrnn" else (False,)  # IndRNN saves nothing beyond y
+            save = (False,) if cell in SAVES_ACTIVATIONS else ()
             return getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd")(*args, *save)
     return _FORWARD[cell](*args, backend, selection)
 
@@ -218,8 +262,9 @@ def _stack(
 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
     """Runs every layer and direction; returns the output in the input's form and the final
     states, each [num_layers * D, B, size] (or [num_layers * D, size] for unbatched input).
-    ``cell_options``: what only the ONNX export reads (IndRNN's nonlinearity and clamp, which
-    ``direction`` holds otherwise)."""
+    ``cell_options``: what ``direction`` holds otherwise, for the paths that run the whole call:
+    the ONNX export (RNN's and IndRNN's nonlinearity, IndRNN's clamp) and the ``torch`` backend
+    (RNN's nonlinearity)."""
     layout = _Layout(input, batch_first)
     if onnx.exporting():  # torch.onnx.export: the whole call as ONNX operators (rnnkernels/onnx.py)
         return onnx.stack(cell, layout, hx, weights, num_layers, bidirectional, dropout, training,
@@ -237,7 +282,8 @@ def _stack(
         # Under torch.compile it runs eagerly, a graph break as nn.LSTM's own (inductor cannot
         # lower its CPU kernel); auto never picks it there (rnnkernels.dispatch).
         native = _native_eager if torch.compiler.is_compiling() else _native
-        return native(cell, layout, hx, weights, num_layers, bidirectional, dropout, training)
+        return native(cell, layout, hx, weights, num_layers, bidirectional, dropout, training,
+                      cell_options.get("nonlinearity", "tanh"))  # fmt: skip
     selection = get_backend() if backend is None else None  # checked again when the ops run
     lengths = layout.index()
     layer_weights = [WEIGHTS[cell](*entry) for entry in weights]
@@ -294,7 +340,7 @@ def _describe(
 def describe_call(module: Any, input: Tensor | PackedSequence, hx: Any = None) -> LayerCall:
     """The ``LayerCall`` a module's call ``module(input, hx)`` resolves its backend from, after
     the check the call makes (a malformed call raises). For ``rnnkernels.explain``."""
-    cell, H = module.mode.lower(), module.hidden_size
+    cell, H = module.cell, module.hidden_size
     R = getattr(module, "proj_size", 0) or H
     weights = module._layer_weights()
     states = None if hx is None else tuple(hx) if cell == "lstm" else (hx,)
@@ -315,14 +361,16 @@ def _native(
     bidirectional: bool,
     dropout: float,
     training: bool,
+    nonlinearity: str = "tanh",
 ) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
-    """The ``torch`` backend: the whole call by torch's fused op, ``_VF.lstm`` / ``_VF.gru``,
-    called as ``nn.LSTM.forward`` / ``nn.GRU.forward`` call it (torch/nn/modules/rnn.py): the
+    """The ``torch`` backend: the whole call by torch's fused op, ``_VF.lstm`` / ``_VF.gru`` /
+    ``_VF.rnn_tanh`` / ``_VF.rnn_relu`` (RNN's ``nonlinearity``), called as ``nn.LSTM.forward`` /
+    ``nn.GRU.forward`` / ``nn.RNN.forward`` call it (torch/nn/modules/rnn.py): the
     weights flat in torch's order (absent biases and projection left out), packed input as
     (data, batch_sizes) with the states in sorted order, padded input time-major (torch runs
     batch_first input transposed so). Its numbers are theirs, dropout included."""
     flat = [w for entry in weights for w in entry if w is not None]
-    op = _VF.lstm if cell == "lstm" else _VF.gru
+    op = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn": _native_rnn_ops[nonlinearity]}[cell]
     p = layout.packed
     if p is not None and p.sorted_indices is not None:
         hx = tuple(h.index_select(1, p.sorted_indices) for h in hx)
@@ -352,10 +400,11 @@ def _native_eager(*args: Any) -> tuple[Tensor | PackedSequence, tuple[Tensor, ..
     return _native_disabled(*args)
 
 
+_native_rnn_ops = {"tanh": _VF.rnn_tanh, "relu": _VF.rnn_relu}  # nn.RNN's, per nonlinearity
 _native_disabled: Callable[..., Any] | None = None
 _native_eager._torchdynamo_disable = True  # type: ignore[attr-defined]
 _native_eager._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
-    "rnnkernels: backend='torch' runs torch's own fused LSTM/GRU op, which torch.compile "
+    "rnnkernels: backend='torch' runs torch's own fused LSTM/GRU/RNN op, which torch.compile "
     "cannot trace (a graph break, as for nn.LSTM); with fullgraph=True use backend='auto' or a "
     "kernel backend ('cpp', 'numba', 'triton', 'reference')"
 )
@@ -378,7 +427,8 @@ class _Autocast(NamedTuple):
         the state's dtype with it, and LSTM runs oneDNN's fused kernel, all in the autocast dtype,
         except on packed input or with a projection; on CUDA cuDNN's autocast wrapper casts every
         cell to fp16, whatever the autocast dtype (torch's aten/src/ATen/cudnn/AutocastRNN.cpp).
-        IndRNN follows nn.RNN (its h = act(gx + u * h) is nn.RNN's with a diagonal W_hh)."""
+        RNN's h = act(GEMMs) is in the autocast dtype; IndRNN follows nn.RNN (its
+        h = act(gx + u * h) is nn.RNN's with a diagonal W_hh)."""
         dtype = autocast_dtype(layout.x)
         if dtype is None:
             return None
@@ -386,7 +436,7 @@ class _Autocast(NamedTuple):
         low, kept = dtype, torch.promote_types(given, dtype)
         if layout.x.device.type == "cuda":
             low = kept = torch.float16
-        if cell == "indrnn":
+        if cell in ("rnn", "indrnn"):
             return _Autocast(low, (low,))
         if cell == "gru":
             return _Autocast(kept, (kept,))

@@ -1,4 +1,5 @@
-"""Drop-in modules: ``LSTM`` and ``GRU`` for ``torch.nn.LSTM`` / ``torch.nn.GRU``, and ``IndRNN``.
+"""Drop-in modules: ``LSTM``, ``GRU`` and ``RNN`` for ``torch.nn.LSTM`` / ``GRU`` / ``RNN``, and
+``IndRNN``.
 
 Parameters have torch's names, shapes, order and initialisation, so state_dicts move both ways;
 constructor arguments are checked as torch checks them, with torch's messages where torch has one;
@@ -18,8 +19,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkernels import backends, functional, scripting
-from rnnkernels.validation import check_indrnn_options
-from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
+from rnnkernels.validation import check_indrnn_options, check_nonlinearity
+from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights, RNNWeights
 
 
 def _evaluated_annotations(method):
@@ -32,9 +33,11 @@ def _evaluated_annotations(method):
 
 
 class _RecurrentBase(nn.Module):
-    """What LSTM, GRU and IndRNN share: sizes, parameters, checks, repr."""
+    """What LSTM, GRU, RNN and IndRNN share: sizes, parameters, checks, repr."""
 
-    mode: str  # "LSTM", "GRU" or "IndRNN"
+    # mode: torch's, "LSTM", "GRU", "RNN_TANH" / "RNN_RELU" (RNN sets it per module) or "IndRNN";
+    # not annotated here: TorchScript would read this module's string annotation for RNN's.
+    cell: str  # the code name: "lstm", "gru", "rnn" or "indrnn" (backends, weights, dispatch)
     # TorchScript compiles a module's properties too; these read parameters by computed names,
     # which it cannot. Scripted code reads the weights from _script_config instead.
     __jit_unused_properties__ = ["_flat_weights", "all_weights"]
@@ -66,14 +69,14 @@ class _RecurrentBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = backend
-        gate_size = backends.GATES[self.mode.lower()] * hidden_size
+        gate_size = backends.GATES[self.cell] * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names: list[str] = []
         for layer in range(num_layers):
             for suffix in ("", "_reverse") if bidirectional else ("",):
                 layer_input = input_size if layer == 0 else real_hidden_size * self.num_directions
-                hh_shape = (gate_size,) if self.mode == "IndRNN" else (gate_size, real_hidden_size)
+                hh_shape = (gate_size,) if self.cell == "indrnn" else (gate_size, real_hidden_size)
                 shapes = {"weight_ih": (gate_size, layer_input), "weight_hh": hh_shape}
                 if bias:
                     shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
@@ -107,9 +110,9 @@ class _RecurrentBase(nn.Module):
         w = self._flat_weights
         return [w[i : i + per_layer] for i in range(0, len(w), per_layer)]
 
-    def _layer_weights(self) -> list[LSTMWeights | GRUWeights | IndRNNWeights]:
+    def _layer_weights(self) -> list[LSTMWeights | GRUWeights | IndRNNWeights | RNNWeights]:
         """Per layer and direction, its weights (None where absent), read once per call."""
-        weights = WEIGHTS[self.mode.lower()]
+        weights = WEIGHTS[self.cell]
         return [
             weights(*(getattr(self, f"{name}_l{layer}{suffix}", None) for name in weights._fields))
             for layer in range(self.num_layers)
@@ -124,13 +127,14 @@ class _RecurrentBase(nn.Module):
         returning an ``nn.LSTM`` would swap it into the caller's eager model too."""
         if parametrize.is_parametrized(self):
             raise RuntimeError(
-                f"rnnkernels.{self.mode}: torch.jit.script cannot script a parametrized module "
-                f"(parametrized: {', '.join(self.parametrizations)}; nor a parametrized "
-                "torch.nn.LSTM): remove the parametrizations first "
+                f"rnnkernels.{parametrize.type_before_parametrizations(self).__name__}: "
+                "torch.jit.script cannot script a parametrized module (parametrized: "
+                f"{', '.join(self.parametrizations)}; nor a parametrized torch.nn.LSTM): remove "
+                "the parametrizations first "
                 "(torch.nn.utils.parametrize.remove_parametrizations)"
             )
         config = scripting.Config(
-            self.mode.lower(), self._flat_weights, self.hidden_size, self.num_layers, self.bias,
+            self.cell, self._flat_weights, self.hidden_size, self.num_layers, self.bias,
             self.batch_first, self.dropout, self.bidirectional, self.proj_size,
             getattr(self, "nonlinearity", ""), getattr(self, "recurrent_max_abs", None),
         )  # fmt: skip
@@ -161,7 +165,7 @@ class LSTM(_RecurrentBase):
     """Drop-in ``torch.nn.LSTM``: same arguments, parameters, inputs and outputs, plus
     ``backend=`` (None: the selection in force, see ``rnnkernels.set_backend``)."""
 
-    mode = "LSTM"
+    mode, cell = "LSTM", "lstm"
 
     # TorchScript compiles forward once per input type, as nn.LSTM's (scripting.py)
     @overload
@@ -197,7 +201,7 @@ class GRU(_RecurrentBase):
     """Drop-in ``torch.nn.GRU``: same arguments, parameters, inputs and outputs, plus
     ``backend=`` (None: the selection in force, see ``rnnkernels.set_backend``)."""
 
-    mode = "GRU"
+    mode, cell = "GRU", "gru"
 
     def __init__(
         self,
@@ -250,6 +254,68 @@ class GRU(_RecurrentBase):
         )  # fmt: skip
 
 
+class RNN(_RecurrentBase):
+    """Drop-in ``torch.nn.RNN`` (Elman, ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``,
+    ``act`` tanh or relu): same arguments, parameters, inputs and outputs, plus ``backend=``
+    (None: the selection in force, see ``rnnkernels.set_backend``)."""
+
+    cell = "rnn"  # mode: torch's, per nonlinearity (in __init__)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        backend: str | None = None,
+        **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"RNN got unexpected keyword arguments {sorted(kwargs)}")
+        check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            0, device, dtype, backend,
+        )  # fmt: skip
+
+    # TorchScript compiles forward once per input type, as nn.RNN's (scripting.py)
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    @torch._jit_internal._overload_method
+    @_evaluated_annotations
+    def forward(
+        self, input: PackedSequence, hx: Tensor | None = None
+    ) -> tuple[PackedSequence, Tensor]: ...
+
+    def forward(self, input, hx=None):
+        if torch.jit.is_scripting():  # torch's fused op over our parameters (scripting.py)
+            states = None if hx is None else [hx]
+            if isinstance(input, PackedSequence):
+                output, finals = scripting.packed(input, states, self._script_config, self.training)
+            else:
+                output, finals = scripting.padded(input, states, self._script_config, self.training)
+            return output, finals[0]
+        return functional.rnn(
+            input, hx, self._layer_weights(), self.hidden_size, self.num_layers, self.nonlinearity,
+            self.bidirectional, self.batch_first, self.dropout, self.training, self.backend,
+            input_size=self.input_size,
+        )  # fmt: skip
+
+
 class IndRNN(_RecurrentBase):
     """Independently recurrent network (Li et al. 2018),
     ``h_t = act(x_t W_ih^T + b_ih + b_hh + u * h_{t-1})`` with ``u`` a vector per layer
@@ -259,7 +325,7 @@ class IndRNN(_RecurrentBase):
     paper's constraint; it suggests ``2 ** (1 / T)`` for relu). ``u`` starts uniform in [0, 1].
     """
 
-    mode = "IndRNN"
+    mode, cell = "IndRNN", "indrnn"
 
     def __init__(
         self,
@@ -329,7 +395,8 @@ class IndRNN(_RecurrentBase):
 
 
 def rnn_config(module: nn.Module) -> dict:
-    """The constructor arguments shared by nn.LSTM / nn.GRU and ours, read off a module."""
+    """The constructor arguments shared by nn.LSTM / nn.GRU / nn.RNN and ours, read off a
+    module."""
     names = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout")
     return {name: getattr(module, name) for name in (*names, "bidirectional")}
 

@@ -1,4 +1,4 @@
-"""ONNX export of LSTM, GRU and IndRNN, with either of torch's exporters.
+"""ONNX export of LSTM, GRU, RNN and IndRNN, with either of torch's exporters.
 
 Our layer ops take ``gx = x W_ih^T + b``, so a translation of the op alone would hand ONNX an
 identity input weight. Instead ``functional._stack`` hands the whole call here while
@@ -7,16 +7,18 @@ identity input weight. Instead ``functional._stack`` hands the whole call here w
 ==========================  =============================================  ========================
 case                        ``dynamo=False`` (TorchScript exporter)        ``dynamo=True``
 ==========================  =============================================  ========================
-LSTM (no ``proj_size``),    torch's fused op ``_VF.lstm`` / ``_VF.gru``,   ONNX ``LSTM`` / ``GRU``,
-GRU                         whose symbolic emits ONNX ``LSTM`` / ``GRU``   one node per layer
-                            as for ``nn.LSTM``; packed input becomes       (``torch.onnx.ops``)
-                            their ``sequence_lens``
+LSTM (no ``proj_size``),    torch's fused op ``_VF.lstm`` / ``_VF.gru`` /  ONNX ``LSTM`` / ``GRU``
+GRU, RNN                    ``_VF.rnn_*``, whose symbolic emits ONNX       / ``RNN``, one node per
+                            ``LSTM`` / ``GRU`` / ``RNN`` as for            layer
+                            ``nn.LSTM``; packed input becomes their        (``torch.onnx.ops``)
+                            ``sequence_lens``
 LSTM with ``proj_size``,    a ``Loop`` (a scripted loop, which the         a ``Scan`` (torch's scan
 IndRNN                      exporter converts)                             operator)
 ==========================  =============================================  ========================
 
 Both exporters reorder the gates to ONNX's (LSTM ``iofc``, GRU ``zrh``), split the biases into
-``Wb`` / ``Rb`` and run bidirectional layers as one ``direction="bidirectional"`` node.
+``Wb`` / ``Rb`` and run bidirectional layers as one ``direction="bidirectional"`` node; RNN's
+nonlinearity is the node's ``activations`` (``Tanh`` or ``Relu`` per direction).
 ONNX's LSTM has no projection and ONNX has no IndRNN, hence the loops; they compute ``gx`` with one
 GEMM over all steps, as the layer ops do. No backend runs: the graph is the same whatever
 ``backend=`` says.
@@ -92,8 +94,8 @@ def stack(
 ):
     """``functional._stack`` while an ONNX export traces it: the same results, as ONNX operators
     (the module docstring). ``layout`` is ``_stack``'s ``_Layout``; ``hx`` the initial states as
-    given (None: absent, so the ONNX nodes get none); ``nonlinearity`` / ``recurrent_max_abs``:
-    IndRNN's. Returns ``_stack``'s ``(output, final states)``."""
+    given (None: absent, so the ONNX nodes get none); ``nonlinearity``: RNN's and IndRNN's,
+    ``recurrent_max_abs``: IndRNN's. Returns ``_stack``'s ``(output, final states)``."""
     torchscript = torch.jit.is_tracing()
     proj = cell == "lstm" and weights[0][4] is not None
     fused = cell != "indrnn" and not proj  # ONNX has an operator for the whole layer
@@ -110,14 +112,15 @@ def stack(
             H = weights[0][1].shape[1]
             count = 2 if cell == "lstm" else 1
             hx = tuple(layout.x.new_zeros(num_layers * D, layout.B, H) for _ in range(count))
-        return _native(cell, layout, hx, weights, num_layers, bidirectional, dropout, training)
+        return _native(cell, layout, hx, weights, num_layers, bidirectional, dropout, training,
+                       nonlinearity)  # fmt: skip
     x = layout.x  # [T, B, I]: padded (packed input was refused above)
     finals = []
     for layer in range(num_layers):
         entries = [WEIGHTS[cell](*weights[layer * D + d]) for d in range(D)]
         states = None if hx is None else [h[layer * D : (layer + 1) * D] for h in hx]
         if fused:
-            x, final = _onnx_layer(cell, x, entries, states)
+            x, final = _onnx_layer(cell, x, entries, states, nonlinearity)
         else:
             x, final = _loop_layer(cell, x, entries, states, torchscript, nonlinearity,
                                    recurrent_max_abs)  # fmt: skip
@@ -133,7 +136,9 @@ def stack(
 def _onnx_order(cell: str, w: Tensor) -> Tensor:
     """The rows of a [G*H, ...] weight or [G*H] bias from torch's gate order to ONNX's: LSTM
     (input, forget, cell, output) -> (input, output, forget, cell); GRU (reset, update, new) ->
-    (update, reset, new)."""
+    (update, reset, new); RNN's one gate as it is."""
+    if cell == "rnn":
+        return w
     if cell == "lstm":
         i, f, c, o = w.chunk(4)
         return torch.cat([i, o, f, c])
@@ -141,9 +146,9 @@ def _onnx_order(cell: str, w: Tensor) -> Tensor:
     return torch.cat([z, r, n])
 
 
-def _onnx_layer(cell, x, entries, states):
-    """One layer, every direction, as one ONNX ``LSTM`` / ``GRU`` node: x [T, B, I] -> y
-    [T, B, D*H] and the final states, each [D, B, H]."""
+def _onnx_layer(cell, x, entries, states, nonlinearity):
+    """One layer, every direction, as one ONNX ``LSTM`` / ``GRU`` / ``RNN`` node: x [T, B, I] -> y
+    [T, B, D*H] and the final states, each [D, B, H]; ``nonlinearity``: RNN's."""
     T, B = x.shape[0], x.shape[1]
     D, H = len(entries), entries[0].weight_hh.shape[1]
     W = torch.stack([_onnx_order(cell, e.weight_ih) for e in entries])
@@ -155,6 +160,8 @@ def _onnx_layer(cell, x, entries, states):
     attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
     if cell == "gru":
         attrs["linear_before_reset"] = 1  # torch's n = tanh(x W_in + r * (h W_hn + b_hn))
+    if cell == "rnn":
+        attrs["activations"] = [nonlinearity.capitalize()] * D  # "Tanh" / "Relu"
     n_states = 2 if cell == "lstm" else 1
     states = [None] * n_states if states is None else states
     y, *final = torch.onnx.ops.symbolic_multi_out(

@@ -6,9 +6,10 @@ custom ops called with a backend name), so each module's ``forward`` branches on
 (the module's ``forward`` is compiled once per input type, as ``nn.LSTM.forward`` is, so each
 overload reaches one of them):
 
-- LSTM and GRU run torch's own fused ops (``_VF.lstm`` / ``_VF.gru``, as ``nn.LSTM`` /
-  ``nn.GRU`` do in TorchScript) over the module's own Parameters: a scripted model gives
-  ``nn.LSTM``'s numbers and runs torch's kernels, whatever ``backend=`` says.
+- LSTM, GRU and RNN run torch's own fused ops (``_VF.lstm`` / ``_VF.gru`` / ``_VF.rnn_tanh`` /
+  ``_VF.rnn_relu``, as ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` do in TorchScript) over the module's
+  own Parameters: a scripted model gives ``nn.LSTM``'s numbers and runs torch's kernels, whatever
+  ``backend=`` says.
 - IndRNN, which torch has no op for, runs a time loop here: per layer and direction one input
   GEMM over all steps, then ``act(gx_t + u * h)`` per step, each sequence's state frozen past its
   length (the semantics of ``ops/steps.py``).
@@ -26,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 
 class Config(NamedTuple):
-    cell: str  # "lstm", "gru" or "indrnn"
+    cell: str  # "lstm", "gru", "rnn" or "indrnn"
     weights: list[Tensor]  # flat, torch's order: per layer, direction w_ih, w_hh, b_ih, b_hh, w_hr
     hidden_size: int
     num_layers: int
@@ -35,7 +36,7 @@ class Config(NamedTuple):
     dropout: float
     bidirectional: bool
     proj_size: int  # LSTM; 0 for the others
-    nonlinearity: str  # IndRNN; "" for the others
+    nonlinearity: str  # RNN and IndRNN; "" for the others
     recurrent_max_abs: float | None  # IndRNN
 
 
@@ -100,6 +101,9 @@ def _run(
         else:
             y, h = _VF.gru(x, batch_sizes, states[0], w, bias, L, p, training, bidirectional)
         return y, [h]
+    if config.cell == "rnn":
+        y, h = _rnn(x, batch_sizes, states[0], config, training)
+        return y, [h]
     if batch_sizes is None:
         xt = x.transpose(0, 1) if config.batch_first else x
         y, h = _indrnn(xt, None, states[0], config, training)
@@ -107,6 +111,21 @@ def _run(
     padded, lengths = torch._pad_packed_sequence(x, batch_sizes, False, 0.0, batch_sizes.size(0))
     y, h = _indrnn(padded, lengths.to(x.device), states[0], config, training)
     return torch._pack_padded_sequence(y, lengths, False)[0], [h]
+
+
+def _rnn(
+    x: Tensor, batch_sizes: Tensor | None, h0: Tensor, config: Config, training: bool
+) -> tuple[Tensor, Tensor]:
+    """nn.RNN's forward: torch's op for the nonlinearity, called as nn.RNN calls it."""
+    w, bias, L, p = config.weights, config.bias, config.num_layers, config.dropout
+    bidirectional, relu = config.bidirectional, config.nonlinearity == "relu"
+    if batch_sizes is None:
+        if relu:
+            return _VF.rnn_relu(x, h0, w, bias, L, p, training, bidirectional, config.batch_first)
+        return _VF.rnn_tanh(x, h0, w, bias, L, p, training, bidirectional, config.batch_first)
+    if relu:
+        return _VF.rnn_relu(x, batch_sizes, h0, w, bias, L, p, training, bidirectional)
+    return _VF.rnn_tanh(x, batch_sizes, h0, w, bias, L, p, training, bidirectional)
 
 
 def _indrnn(

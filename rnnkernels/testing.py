@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkernels.modules import GRU, LSTM, IndRNN, rnn_config
+from rnnkernels.modules import GRU, LSTM, RNN, IndRNN, rnn_config
 
 # (atol, rtol) against torch / the oracle, per dtype (per ("autocast", dtype): see there). fp32 is
 # the parity bar of docs/design.md §6: 5e-5 absolute; the 1e-6 relative term (8 ulps) only
@@ -41,16 +41,18 @@ TOLERANCES: dict[torch.dtype | tuple[str, torch.dtype], tuple[float, float]] = {
 }
 
 
-def torch_twin(module: LSTM | GRU | IndRNN) -> nn.Module:
+def torch_twin(module: LSTM | GRU | RNN | IndRNN) -> nn.Module:
     """torch's own implementation of ``module`` with a copy of its weights: ``nn.LSTM`` /
-    ``nn.GRU`` (cuDNN on GPU, torch's CPU path on CPU), or for IndRNN an eager torch loop (which
-    shares the module's parameters)."""
+    ``nn.GRU`` / ``nn.RNN`` (cuDNN on GPU, torch's CPU path on CPU), or for IndRNN an eager torch
+    loop (which shares the module's parameters)."""
     if isinstance(module, IndRNN):
         return EagerIndRNN(module)
     weight = module.weight_ih_l0
     config = dict(rnn_config(module), device=weight.device, dtype=weight.dtype)
     if isinstance(module, LSTM):
         twin = nn.LSTM(proj_size=module.proj_size, **config)
+    elif isinstance(module, RNN):
+        twin = nn.RNN(nonlinearity=module.nonlinearity, **config)
     else:
         twin = nn.GRU(**config)
     twin.load_state_dict(module.state_dict())
@@ -173,11 +175,16 @@ class poison_allocations:
 
 # How many leading outputs of <cell>_fwd are results (y and the final states, differentiable);
 # the rest are saved for the backward (docs/design.md §3).
-N_OUT = {"lstm": 3, "gru": 2, "indrnn": 2}
-N_FWD = {"lstm": 5, "gru": 4, "indrnn": 2}  # all outputs of <cell>_fwd
+N_OUT = {"lstm": 3, "gru": 2, "indrnn": 2, "rnn": 2}
+N_FWD = {"lstm": 5, "gru": 4, "indrnn": 2, "rnn": 2}  # all outputs of <cell>_fwd
 # Each cell's variant of its op (layer_args' ``variant``): LSTM the projection size (0: none), GRU
-# whether b_hh is given, IndRNN the nonlinearity.
-VARIANTS = {"lstm": (0, 2), "gru": (True, False), "indrnn": ("relu", "tanh")}
+# whether b_hh is given, IndRNN and RNN the nonlinearity.
+VARIANTS = {
+    "lstm": (0, 2),
+    "gru": (True, False),
+    "indrnn": ("relu", "tanh"),
+    "rnn": ("relu", "tanh"),
+}
 
 
 def mixed_lengths(T: int, B: int) -> list[int]:
@@ -189,7 +196,7 @@ def mixed_lengths(T: int, B: int) -> list[int]:
 
 def lengths_arg(cell: str, args: Sequence) -> Tensor | None:
     """The ``lengths`` among ``<cell>_fwd``'s arguments (layer_args)."""
-    return args[-3] if cell == "indrnn" else args[-2]
+    return args[-3] if cell in ("indrnn", "rnn") else args[-2]
 
 
 def layer_args(
@@ -208,14 +215,17 @@ def layer_args(
 ) -> tuple:
     """Random arguments of ``<cell>_fwd`` (the per-layer op contract, docs/design.md §3), in its
     order: LSTM ``gx, w_hh, w_hr, h0, c0, lengths, reverse``; GRU ``gx, w_hh, b_hh, h0, lengths,
-    reverse``; IndRNN ``gx, u, h0, lengths, reverse, nonlinearity``.
+    reverse``; IndRNN ``gx, u, h0, lengths, reverse, nonlinearity``; RNN ``gx, w_hh, h0,
+    lengths, reverse, nonlinearity``.
 
     ``variant`` (VARIANTS): LSTM the projection size P (0 or None: no ``w_hr``), GRU whether
-    ``b_hh`` is given (None: given), IndRNN the nonlinearity (None: ``"tanh"``). ``lengths``:
+    ``b_hh`` is given (None: given), IndRNN and RNN the nonlinearity (None: ``"tanh"``).
+    ``lengths``:
     None, the lengths, ``"mixed"`` (mixed_lengths) or ``"sorted"`` (those, longest first).
     Drawn in float64 from a generator seeded with ``seed``, then cast, so the same call gives the
     same values in every dtype: gx, states and b_hh standard normal, W_hh and W_hr scaled by
-    1/sqrt(fan-in), IndRNN's u uniform in [-1, 1]. ``requires_grad`` makes the floating-point
+    1/sqrt(fan-in) (RNN's W_hh too), IndRNN's u uniform in [-1, 1]. ``requires_grad`` makes the
+    floating-point
     tensors leaves."""
     g = torch.Generator().manual_seed(seed)
 
@@ -235,6 +245,9 @@ def layer_args(
     elif cell == "indrnn":
         u = torch.rand(H, generator=g, dtype=torch.float64) * 2 - 1
         tensors = [rand(T, B, H), u, rand(B, H)]
+        rest = (variant or "tanh",)
+    elif cell == "rnn":
+        tensors = [rand(T, B, H), rand(H, H, scale=H**-0.5), rand(B, H)]
         rest = (variant or "tanh",)
     else:
         raise ValueError(f"unknown cell {cell!r}")

@@ -27,7 +27,12 @@ from rnnkernels import onnx
 from rnnkernels.backends import GATES, BackendError
 from rnnkernels.weights import WEIGHTS
 
-MODES = {"lstm": "LSTM", "gru": "GRU", "indrnn": "IndRNN"}  # the modules' names, for messages
+MODES = {
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "indrnn": "IndRNN",
+    "rnn": "RNN",
+}  # the modules' names, for messages
 
 
 _ERRORS = {error.__name__: error for error in (ValueError, TypeError, RuntimeError, BackendError)}
@@ -91,10 +96,15 @@ def check_call(
         _check_states(hx, sizes, num_layers * D, batch, unbatched, data)
 
 
-def check_indrnn_options(nonlinearity: str, recurrent_max_abs: float | None) -> None:
-    """IndRNN's own arguments (nonlinearity with nn.RNN's message)."""
+def check_nonlinearity(nonlinearity: str) -> None:
+    """RNN's and IndRNN's ``nonlinearity``, with nn.RNN's message."""
     if nonlinearity not in ("relu", "tanh"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def check_indrnn_options(nonlinearity: str, recurrent_max_abs: float | None) -> None:
+    """IndRNN's own arguments."""
+    check_nonlinearity(nonlinearity)
     if recurrent_max_abs is not None and not recurrent_max_abs > 0:
         raise ValueError(f"recurrent_max_abs must be positive, got {recurrent_max_abs}")
 
@@ -146,7 +156,10 @@ def _check_input(
         batch, unbatched, expected_dim = int(input.batch_sizes[0]), False, 2
     elif isinstance(input, Tensor):
         if input.dim() not in (2, 3):
-            raise ValueError(f"{mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            tensor = " tensor" if cell == "rnn" else ""  # nn.RNN's message says so
+            raise ValueError(
+                f"{mode}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead"
+            )
         data, unbatched, expected_dim = input, input.dim() == 2, input.dim()
         batch = 1 if unbatched else input.size(0 if batch_first else 1)
         if input.size(1 if batch_first and not unbatched else 0) == 0:

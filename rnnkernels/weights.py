@@ -46,8 +46,20 @@ class IndRNNWeights(NamedTuple):
         return None if self.bias_ih is None else self.bias_ih + self.bias_hh
 
 
-WEIGHTS: dict[str, type[LSTMWeights | GRUWeights | IndRNNWeights]] = {
+class RNNWeights(NamedTuple):
+    weight_ih: Tensor  # [H, I]
+    weight_hh: Tensor  # [H, H]
+    bias_ih: Tensor | None = None  # [H]
+    bias_hh: Tensor | None = None  # [H]
+
+    def input_bias(self) -> Tensor | None:
+        """Both biases add before the activation."""
+        return None if self.bias_ih is None else self.bias_ih + self.bias_hh
+
+
+WEIGHTS: dict[str, type[LSTMWeights | GRUWeights | IndRNNWeights | RNNWeights]] = {
     "lstm": LSTMWeights,
     "gru": GRUWeights,
     "indrnn": IndRNNWeights,
+    "rnn": RNNWeights,
 }

@@ -16,11 +16,11 @@ where faulthandler also writes the Python stack of a crash.
 
 A case is a plain dict, drawn by tests/test_fuzz.py:
 
-    cell       "LSTM" | "GRU" | "IndRNN"
+    cell       "LSTM" | "GRU" | "RNN" | "IndRNN"
     api        "module" (setattr on a module) | "functional" (rnnkernels.functional.<cell>)
     backend    a backend name
     config     the module's constructor arguments (input_size, hidden_size, num_layers, bias,
-               batch_first, bidirectional; proj_size for LSTM, nonlinearity for IndRNN)
+               batch_first, bidirectional; proj_size for LSTM, nonlinearity for RNN, IndRNN)
     layout     "padded" | "unbatched" | "packed"
     T, B       sizes; packed input has "lengths" ([B] ints) and "enforce_sorted"
     hx         whether initial states are passed
@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rnnkernels from 
 
 import rnnkernels  # noqa: E402
 
-GATES = {"LSTM": 4, "GRU": 3, "IndRNN": 1}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "IndRNN": 1}
 SLOTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # a functional tuple
-TORCH_TWIN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "IndRNN": nn.RNN}
+TORCH_TWIN = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN, "IndRNN": nn.RNN}
 FUNCTIONAL_ONLY = ("hidden_size", "weights_count", "tuple_length")  # faults of the call itself
 # A worker that allocates more than this gets an allocation error instead of the OOM killer
 # (imported, it maps about 1.5 GiB).
@@ -258,7 +258,7 @@ def run_ours(call: Call) -> Outputs:
         weights[fault["index"]] = weights[fault["index"]][:-1]
     function = getattr(rnnkernels.functional, cell.lower())
     kwargs = {k: config[k] for k in ("num_layers", "bidirectional", "batch_first")}
-    if cell == "IndRNN":
+    if cell in ("RNN", "IndRNN"):
         kwargs["nonlinearity"] = config["nonlinearity"]
     out = function(
         call.input(), call.hx(), weights, call.hidden_size, **kwargs, backend=case["backend"]

@@ -42,7 +42,7 @@ def _example():
 
 def _set_backend(model: torch.nn.Module, backend: str) -> None:
     for layer in model.modules():
-        if isinstance(layer, (rnnkernels.LSTM, rnnkernels.GRU, rnnkernels.IndRNN)):
+        if isinstance(layer, (rnnkernels.LSTM, rnnkernels.GRU, rnnkernels.RNN, rnnkernels.IndRNN)):
             layer.backend = backend
 
 
@@ -65,6 +65,22 @@ def test_export_on_cpp_calls_the_cpp_ops(strict):
         assert_close(got, expected)
 
 
+def test_export_of_rnn_on_cpp_calls_its_cpp_op():
+    """rnnkernels.RNN (not in the example's model) exported on cpp: the graph names
+    rnnkernels_cpp::rnn_fwd, and the exported module gives eager's numbers and gradients."""
+    torch.manual_seed(0)
+    model = rnnkernels.RNN(3, 4, num_layers=2, nonlinearity="relu", bidirectional=True,
+                           backend="cpp")  # fmt: skip
+    program = torch.export.export(model, (torch.randn(5, 2, 3),))
+    assert _layer_ops(program) == {"rnnkernels_cpp.rnn_fwd.default"}
+    x = torch.randn(5, 2, 3, requires_grad=True)  # other values, the exported shape
+    got, expected = program.module()(x), model(x)
+    for a, b in zip(got, expected):
+        assert_close(a, b)
+    grads = [torch.autograd.grad(out[0].sum(), x)[0] for out in (got, expected)]
+    assert_close(grads[0], grads[1])
+
+
 class _Packed(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -82,7 +98,7 @@ def test_packed_input_does_not_export_and_says_why():
         torch.export.export(_Packed(), (torch.randn(5, 2, 3), torch.tensor([5, 3])))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "rnn"])
 def test_cpp_ops_are_differentiable(cell):
     """rnnkernels.ops.cpp gives the C++ forward ops, which exported graphs call, our ops' autograd
     formula: fp64 gradcheck with projection / b_hh / relu, mixed lengths, reverse."""

@@ -24,16 +24,20 @@ I, H, P, T, B = 4, 6, 3, 7, 3
 LENGTHS = [5, 7, 2]  # unsorted
 DTYPES = [torch.bfloat16, torch.float16]
 # LSTM with proj_size P is its own case: torch returns its c_n in another dtype than h_n.
-CELLS = ["lstm", "lstm_proj", "gru", "indrnn"]
+CELLS = ["lstm", "lstm_proj", "gru", "rnn", "indrnn"]
 
 
 def make(cell, device="cpu", backend=None, nonlinearity="tanh", **flags):
-    """Our module for ``cell``, seeded. IndRNN's numbers are compared with tanh: with relu, one
-    rounding more or less flips a unit near zero on or off, and its gradient with it (measured:
-    differences of 2 in bf16), whatever the backend."""
+    """Our module for ``cell``, seeded. RNN's and IndRNN's numbers are compared with tanh: with
+    relu, one rounding more or less flips a unit near zero on or off, and its gradient with it
+    (measured for IndRNN: differences of 2 in bf16), whatever the backend."""
     torch.manual_seed(0)
     if cell == "indrnn":
         return rnnkernels.IndRNN(
+            I, H, nonlinearity=nonlinearity, backend=backend, device=device, **flags
+        )
+    if cell == "rnn":
+        return rnnkernels.RNN(
             I, H, nonlinearity=nonlinearity, backend=backend, device=device, **flags
         )
     if cell == "lstm_proj":
@@ -166,7 +170,9 @@ def form_call(module, form, dtype):
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=value_id)
-@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "indrnn-relu", "indrnn-tanh"])
+@pytest.mark.parametrize(
+    "cell", ["lstm", "lstm_proj", "gru", "rnn-relu", "rnn-tanh", "indrnn-relu", "indrnn-tanh"]
+)
 def test_output_dtypes_are_torchs(cell, dtype, form):
     """Per cell, autocast dtype and input form, our outputs come in the dtypes torch's module
     returns under the same autocast (IndRNN: nn.RNN's)."""

@@ -111,7 +111,7 @@ def downstream(site) -> Path:
 
 def test_installed_package(prefix, library):
     headers = {p.name for p in (prefix / "include" / "rnnkernels").iterdir()}
-    assert {"rnnkernels.h", "lstm.h", "gru.h", "indrnn.h", "layer.h", "ops.h"} <= headers
+    assert {"rnnkernels.h", "lstm.h", "gru.h", "indrnn.h", "rnn.h", "layer.h", "ops.h"} <= headers
     assert list((prefix / "lib").glob("librnnkernels_ops.so*")), "no registration library"
     config = prefix / "share" / "cmake" / "rnnkernels"
     for name in ("rnnkernelsConfig.cmake", "rnnkernelsConfigVersion.cmake",

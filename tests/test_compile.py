@@ -14,11 +14,13 @@ class Tagger(torch.nn.Module):
         self.lstm = rnnkernels.LSTM(4, 6, bidirectional=True, batch_first=True, proj_size=3)
         self.gru = rnnkernels.GRU(6, 5)
         self.indrnn = rnnkernels.IndRNN(5, 4, nonlinearity="tanh")
+        self.rnn = rnnkernels.RNN(4, 3, num_layers=2, nonlinearity="relu", bidirectional=True)
 
     def forward(self, x):
         y, (h, c) = self.lstm(x)
         y, h = self.gru(y)
         y, h = self.indrnn(y, h[:, :, :4].contiguous())
+        y, h = self.rnn(y)
         return y.sum() + h.sum() + c.sum()
 
 

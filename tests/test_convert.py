@@ -1,5 +1,5 @@
-"""rnnkernels.convert: swaps nn.LSTM / nn.GRU for ours in place, keeping the Parameter objects,
-the configuration and the numbers; subclasses, parametrizations and hooks too."""
+"""rnnkernels.convert: swaps nn.LSTM / nn.GRU / nn.RNN for ours in place, keeping the Parameter
+objects, the configuration and the numbers; subclasses, parametrizations and hooks too."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rnnkernels.testing import TOLERANCES
 
 ATOL, RTOL = TOLERANCES[torch.float32]
 CONFIG_ATTRS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                "bidirectional", "proj_size", "training")  # fmt: skip
+                "bidirectional", "proj_size", "training", "nonlinearity", "mode")  # fmt: skip
+OURS = {nn.LSTM: rnnkernels.LSTM, nn.GRU: rnnkernels.GRU, nn.RNN: rnnkernels.RNN}
 
 
 class Block(nn.Module):
@@ -39,7 +40,7 @@ class Model(nn.Module):
         self.seq = nn.Sequential(nn.LSTM(4, 6, proj_size=3, num_layers=2, dropout=0.3), nn.Tanh())
         self.blocks = nn.ModuleList([nn.GRU(3, 6, num_layers=2), nn.LSTM(6, 6, bidirectional=True)])
         self.block = Block()
-        self.rnn = nn.RNN(4, 2)  # not ours to convert: stays nn.RNN
+        self.rnn = nn.RNN(4, 2, nonlinearity="relu", num_layers=2)
         self.seq[0].eval()  # dropout LSTM in eval mode: deterministic, and checks `training`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, B, 3]
@@ -54,11 +55,7 @@ class Model(nn.Module):
 
 
 def _rnns(model: nn.Module) -> dict[str, nn.Module]:
-    return {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.LSTM, nn.GRU, rnnkernels.LSTM, rnnkernels.GRU))
-    }
+    return {n: m for n, m in model.named_modules() if isinstance(m, (*OURS, *OURS.values()))}
 
 
 def _run(model: nn.Module, x: torch.Tensor):
@@ -79,8 +76,7 @@ def test_convert_nested_model():
     before = {name: (type(m), {a: getattr(m, a, 0) for a in CONFIG_ATTRS},
                      [getattr(m, w) for w in m._flat_weights_names])
               for name, m in _rnns(model).items()}  # fmt: skip
-    assert len(before) == 4
-    rnn = model.rnn
+    assert len(before) == 5
     keys = list(model.state_dict())
 
     assert rnnkernels.convert(model) is model
@@ -89,12 +85,11 @@ def test_convert_nested_model():
     assert set(after) == set(before)
     for name, module in after.items():
         old_type, config, weights = before[name]
-        assert type(module) is (rnnkernels.LSTM if old_type is nn.LSTM else rnnkernels.GRU), name
-        assert {a: getattr(module, a) for a in CONFIG_ATTRS} == config, name
+        assert type(module) is OURS[old_type], name
+        assert {a: getattr(module, a, 0) for a in CONFIG_ATTRS} == config, name
         assert module._flat_weights_names == [n for n in dict(module.named_parameters())]
         for w, old in zip(module._flat_weights, weights, strict=True):
             assert w is old, name
-    assert model.rnn is rnn and type(model.rnn) is nn.RNN
     assert list(model.state_dict()) == keys
     for name, p in model.named_parameters():
         assert p is params[name], name
@@ -121,11 +116,11 @@ def test_convert_keeps_optimizer_working():
     assert not torch.equal(w, before)  # the optimiser still holds the live parameter
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("training", [True, False])
 def test_convert_top_level(cell, training):
     torch.manual_seed(0)
-    kwargs = {"proj_size": 2} if cell == "LSTM" else {}
+    kwargs = {"LSTM": {"proj_size": 2}, "GRU": {}, "RNN": {"nonlinearity": "relu"}}[cell]
     old = getattr(nn, cell)(3, 4, num_layers=2, batch_first=True, bidirectional=True, **kwargs)
     old.train(training)
     x = torch.randn(2, 5, 3)
@@ -137,7 +132,7 @@ def test_convert_top_level(cell, training):
     assert new.backend == "reference"
     assert new.training is training
     for a in CONFIG_ATTRS:
-        assert getattr(new, a) == getattr(old, a), a
+        assert getattr(new, a, 0) == getattr(old, a, 0), a
     for p, q in zip(new.parameters(), params, strict=True):
         assert p is q
     y, h = new(x)
@@ -149,7 +144,7 @@ def test_convert_top_level(cell, training):
 
 def test_convert_without_rnns_is_unchanged():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ModuleList([nn.RNN(4, 4), nn.Conv1d(4, 4, 1)]))
+    model = nn.Sequential(nn.Linear(3, 4), nn.ModuleList([nn.RNNCell(4, 4), nn.Conv1d(4, 4, 1)]))
     children = list(model.modules())
     state = copy.deepcopy(model.state_dict())
     assert rnnkernels.convert(model) is model

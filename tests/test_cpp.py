@@ -32,7 +32,7 @@ def cpp():
 
 @pytest.mark.parametrize("threads", [3, 4])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "rnn"])
 def test_batch_chunks_for_more_threads_match_oracle(cell, reverse, threads):
     """3 and 4 threads (oversubscribed on two cores) over B=17 unequal lengths: chunks of whole
     4-row blocks, one possibly empty (IndRNN: its items of rows x hidden units); forward and
@@ -102,22 +102,23 @@ def test_caller_thread_count_unchanged():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_indrnn_rejects_unknown_nonlinearity_and_dtype():
+@pytest.mark.parametrize("cell", ["indrnn", "rnn"])
+def test_rejects_unknown_nonlinearity_and_dtype(cell):
     """The C++ library checks its own arguments (a public C++ API, docs/design.md §4)."""
-    gx, u, h0, *_ = layer_args("indrnn", 3, 2, 4, dtype=torch.float32)
-    indrnn = kernels("cpp", "indrnn")
-    with pytest.raises(RuntimeError, match="nonlinearity must be 'relu' or 'tanh'"):
-        indrnn.indrnn_fwd(gx, u, h0, None, False, "sigmoid")
+    gx, w_hh, h0, *_ = layer_args(cell, 3, 2, 4, dtype=torch.float32)
+    fwd = getattr(kernels("cpp", cell), f"{cell}_fwd")
+    with pytest.raises(RuntimeError, match=f"{cell}: nonlinearity must be 'relu' or 'tanh'"):
+        fwd(gx, w_hh, h0, None, False, "sigmoid")
     with pytest.raises(RuntimeError, match="float32 and float64"):
-        indrnn.indrnn_fwd(gx.half(), u.half(), h0.half(), None, False, "relu")
+        fwd(gx.half(), w_hh.half(), h0.half(), None, False, "relu")
 
 
 @pytest.mark.parametrize("lengths", [None, "mixed"], ids=["full", "mixed"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "rnn"])
 def test_ops_schema_and_fakes(cell, lengths):
     """torch.library.opcheck of torch.ops.rnnkernels_cpp.<cell>_fwd / _bwd themselves (schema,
     fake tensors: the Meta kernels beside the schemas in csrc/torch/ops.cpp)."""
-    variant = {"lstm": 4, "gru": True, "indrnn": "relu"}[cell]
+    variant = {"lstm": 4, "gru": True, "indrnn": "relu", "rnn": "relu"}[cell]
     args = layer_args(cell, 7, 3, 5, variant, lengths, True, torch.float32)
     utils = ("test_schema", "test_faketensor")
     ops = torch.ops.rnnkernels_cpp
@@ -149,7 +150,7 @@ def test_inference_forward_keeps_no_activations(cell, variant, threads):
         torch.library.opcheck(op, (*args, False), test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "IndRNN"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "IndRNN", "RNN"])
 def test_module_inference_calls_the_cpp_op_directly(cell, monkeypatch):
     """Under no_grad a cpp module calls torch.ops.rnnkernels_cpp.<cell>_fwd itself (LSTM and GRU
     with save=False), not our op, and gives the bits of the call with gradients (2 layers,

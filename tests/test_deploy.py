@@ -46,7 +46,7 @@ class Model(nn.Module):
         self.encoder = nn.LSTM(3, 6, num_layers=2, bidirectional=True, batch_first=True,
                                proj_size=proj_size, dropout=dropout)  # fmt: skip
         self.cell = cell
-        make = {"LSTM": nn.LSTM, "GRU": nn.GRU, "IndRNN": rnnkernels.IndRNN}[cell]
+        make = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN, "IndRNN": rnnkernels.IndRNN}[cell]
         self.decoder = make(2 * (proj_size or 6), 5, batch_first=True)
         self.head = nn.Linear(5, 2)
 
@@ -117,15 +117,18 @@ def test_unconvert_gives_torch_modules_over_the_same_parameters():
     _assert_same_run(_run(model, x), ours, exact=True)
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_unconvert_top_level_module(cell):
     torch.manual_seed(0)
-    kwargs = {"proj_size": 2} if cell == "LSTM" else {}
+    kwargs = {"LSTM": {"proj_size": 2}, "GRU": {}, "RNN": {"nonlinearity": "relu"}}[cell]
     ours = getattr(rnnkernels, cell)(3, 4, bias=False, dropout=0.5, num_layers=2, **kwargs)
     ours.eval()
     params = list(ours.parameters())
     theirs = rnnkernels.unconvert(ours)
     assert type(theirs) is getattr(nn, cell) and theirs.training is False
+    assert theirs.mode == ours.mode and getattr(theirs, "nonlinearity", 0) == kwargs.get(
+        "nonlinearity", 0
+    )
     assert all(p is q for p, q in zip(theirs.parameters(), params, strict=True))
     assert theirs._flat_weights_names == [n for n, _ in theirs.named_parameters()]
     assert all(w is p for w, p in zip(theirs._flat_weights, params, strict=True))
@@ -202,7 +205,7 @@ def test_unconvert_subclasses_as_convert_does():
 # --- TorchScript ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cell", ["GRU", "IndRNN"])
+@pytest.mark.parametrize("cell", ["GRU", "RNN", "IndRNN"])
 def test_script_gives_eager_numbers(cell):
     torch.manual_seed(0)
     model = rnnkernels.convert(Model(cell))
@@ -265,13 +268,15 @@ class Packed(nn.Module):
         return p.data, s, y, state, u, state_u
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "IndRNN"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN", "IndRNN"])
 def test_script_packed_hx_unbatched(cell):
     torch.manual_seed(0)
     # LSTM: hidden 4 with projection to 2, so h and c have different sizes
     kwargs = {"proj_size": 2, "hidden_size": 4} if cell == "LSTM" else {"hidden_size": 2}
     if cell == "IndRNN":
         kwargs["recurrent_max_abs"] = 0.8
+    if cell == "RNN":
+        kwargs["nonlinearity"] = "relu"
     rnn = getattr(rnnkernels, cell)(3, num_layers=2, bidirectional=True, batch_first=True,
                                      **kwargs)  # fmt: skip
     model = Packed(rnn)
@@ -342,6 +347,21 @@ def test_quantize_dynamic(dtype):
     torch.testing.assert_close(quantized(x), expected, rtol=0, atol=0)
     assert type(model.encoder) is rnnkernels.LSTM  # the float model is left as it was
     torch.testing.assert_close(model(x), float_out, rtol=0, atol=0)
+
+
+def test_quantize_dynamic_leaves_rnn_as_torch_leaves_nn_rnn():
+    """torch has no dynamic quantized nn.RNN: quantize_dynamic leaves it in fp32, even named in
+    the spec. Ours the same: the Linear quantized, the RNN ours and fp32, torch's numbers."""
+    torch.manual_seed(0)
+    model = Model("RNN", proj_size=0)
+    x = _x()
+    expected = _quantized(copy.deepcopy(model), {nn.RNN, nn.Linear}, torch.qint8)
+    assert type(expected.decoder) is nn.RNN
+    rnnkernels.convert(model)
+    quantized = _quantized(model, {rnnkernels.RNN, nn.Linear}, torch.qint8)
+    assert type(quantized.decoder) is rnnkernels.RNN
+    assert type(quantized.head) is type(expected.head)
+    assert_close(quantized(x), expected(x), "output")
 
 
 def test_quantize_dynamic_indrnn_raises():

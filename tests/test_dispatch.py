@@ -377,7 +377,7 @@ def test_explain_checks_the_call_and_the_module():
     model = rnnkernels.GRU(4, 5)
     with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
         rnnkernels.explain(model, torch.randn(6, 3, 7))
-    with pytest.raises(TypeError, match="explain takes an rnnkernels LSTM, GRU or IndRNN"):
+    with pytest.raises(TypeError, match="explain takes an rnnkernels LSTM, GRU, RNN or IndRNN"):
         rnnkernels.explain(torch.nn.GRU(4, 5), torch.randn(6, 3, 4))
     with pytest.raises(rnnkernels.BackendError, match="torch has no IndRNN"):
         rnnkernels.explain(rnnkernels.IndRNN(4, 5, backend="torch"), torch.randn(6, 3, 4))
@@ -451,7 +451,7 @@ def test_default_bench_providers_have_auto_and_no_torch_backend_row():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--shape", "rnn T=5 B=2 H=8"], "a shape starts with its cell"),
+        (["--shape", "elman T=5 B=2 H=8"], "a shape starts with its cell"),
         (["--shape", "lstm T=5 B=2"], "a shape needs T=, B= and H="),
         (["--shape", "lstm T=5 B=2 H=8 wide"], "unknown part 'wide'"),
         (["--threads", "1,2"], "--threads takes one count, or a comma list with --tune"),

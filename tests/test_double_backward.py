@@ -16,10 +16,13 @@ from rnnkernels.ops.indrnn import naive as indrnn_naive
 from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.lstm import naive as lstm_naive
 from rnnkernels.ops.lstm.op import lstm_fwd
+from rnnkernels.ops.rnn import naive as rnn_naive
+from rnnkernels.ops.rnn.op import rnn_fwd
 from rnnkernels.testing import N_OUT, VARIANTS, assert_close, grid, layer_args, needs
 
-FORWARD = {"lstm": lstm_fwd, "gru": gru_fwd, "indrnn": indrnn_fwd}
-ORACLE = {"lstm": lstm_naive.lstm_fwd, "gru": gru_naive.gru_fwd, "indrnn": indrnn_naive.indrnn_fwd}
+FORWARD = {"lstm": lstm_fwd, "gru": gru_fwd, "indrnn": indrnn_fwd, "rnn": rnn_fwd}
+ORACLE = {"lstm": lstm_naive.lstm_fwd, "gru": gru_naive.gru_fwd, "indrnn": indrnn_naive.indrnn_fwd,
+          "rnn": rnn_naive.rnn_fwd}  # fmt: skip
 T, B, H = 4, 5, 2
 # The backend fixture's backends, as a parameter here: gradgradcheck runs a forward dozens of
 # times, minutes in Triton's interpreter, so Triton's cases go under -m slow.
@@ -115,6 +118,7 @@ MODULES = {
     "lstm-proj": lambda **kw: rnnkernels.LSTM(2, H + 1, proj_size=H, **kw),
     "gru": lambda **kw: rnnkernels.GRU(2, H, **kw),
     "indrnn": lambda **kw: rnnkernels.IndRNN(2, H, nonlinearity="tanh", **kw),
+    "rnn": lambda **kw: rnnkernels.RNN(2, H, **kw),
 }
 LENGTHS = [4, 1, 3]  # unsorted
 

@@ -25,9 +25,10 @@ CELLS = {
     "LSTM": (rnnkernels.LSTM, nn.LSTM),
     "GRU": (rnnkernels.GRU, nn.GRU),
     "IndRNN": (rnnkernels.IndRNN, nn.RNN),
+    "RNN": (rnnkernels.RNN, nn.RNN),
 }
 ALL_CELLS = pytest.mark.parametrize("cell", list(CELLS))
-TORCH_CELLS = pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+TORCH_CELLS = pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 
 
 def _pair(cell: str, seed: int = 0, **kwargs):
@@ -133,7 +134,7 @@ def _bad_hidden_shapes(cell: str, proj_size: int = 0):
 @TORCH_CELLS
 @pytest.mark.parametrize("proj_size", [0, 2])
 def test_hidden_shape_matches_torch(cell, proj_size):
-    if cell == "GRU" and proj_size:
+    if cell != "LSTM" and proj_size:
         pytest.skip("proj_size is LSTM only")
     kwargs = {"proj_size": proj_size} if proj_size else {}
     ours, theirs = _pair(cell, **kwargs)
@@ -148,7 +149,7 @@ def test_hidden_shape_matches_torch(cell, proj_size):
 @TORCH_CELLS
 def test_lstm_proj_h0_must_have_proj_size(cell):
     """With projections h0 is [L*D, B, P] and c0 [L*D, B, H]; passing H for h0 is an error."""
-    if cell == "GRU":
+    if cell != "LSTM":
         pytest.skip("LSTM only")
     ours, theirs = _pair(cell, proj_size=2)
     x, hx = torch.randn(T, B, I), _hx(cell, (1, B, H))
@@ -366,13 +367,15 @@ def test_bad_proj_size_matches_torch(config):
         _construct(rnnkernels.LSTM, kwargs)
 
 
+@pytest.mark.parametrize("cell", ["GRU", "RNN"])
 @pytest.mark.parametrize("proj_size", [0, 2, 4, -1])
-def test_gru_proj_size_matches_torch(proj_size):
+def test_gru_and_rnn_proj_size_matches_torch(cell, proj_size):
     kwargs = {"proj_size": proj_size}
-    exc = _raised(lambda: _construct(nn.GRU, kwargs))
+    ours_cls, torch_cls = CELLS[cell]
+    exc = _raised(lambda: _construct(torch_cls, kwargs))
     assert "only supported for LSTM" in str(exc)
     with _raises_like(exc):
-        _construct(rnnkernels.GRU, kwargs)
+        _construct(ours_cls, kwargs)
 
 
 @ALL_CELLS
@@ -385,10 +388,19 @@ def test_non_int_num_layers(cell, num_layers):
         ours_cls(I, H, num_layers=num_layers)
 
 
-def test_indrnn_bad_nonlinearity_like_rnn():
+@pytest.mark.parametrize("cell", ["IndRNN", "RNN"])
+def test_bad_nonlinearity_like_rnn(cell):
     exc = _raised(lambda: nn.RNN(I, H, nonlinearity="sigmoid"))
     with _raises_like(exc):
-        rnnkernels.IndRNN(I, H, nonlinearity="sigmoid")
+        CELLS[cell][0](I, H, nonlinearity="sigmoid")
+
+
+def test_functional_rnn_bad_nonlinearity_like_rnn():
+    exc = _raised(lambda: nn.RNN(I, H, nonlinearity="sigmoid"))
+    m = rnnkernels.RNN(I, H)
+    with _raises_like(exc):
+        rnnkernels.functional.rnn(torch.randn(T, B, I), None, m._layer_weights(), H,
+                                  nonlinearity="sigmoid")  # fmt: skip
 
 
 @pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan"), float("-inf")], ids=repr)
@@ -505,8 +517,8 @@ def _as_tuple(states):
 def test_nan_propagates_like_torch(cell, config, where):
     if "proj_size" in config and cell != "LSTM":
         pytest.skip("proj_size is LSTM only")
-    if "nonlinearity" in config and cell != "IndRNN":
-        pytest.skip("nonlinearity is IndRNN only")
+    if "nonlinearity" in config and cell not in ("IndRNN", "RNN"):
+        pytest.skip("nonlinearity is RNN and IndRNN only")
     ours_cls, _ = CELLS[cell]
     torch.manual_seed(0)
     ours = ours_cls(I, H, **config)

@@ -16,6 +16,7 @@ MODULES = {
     "lstm-proj": lambda **kw: rnnkernels.LSTM(I, H, proj_size=2, **kw),
     "gru": lambda **kw: rnnkernels.GRU(I, H, **kw),
     "indrnn": lambda **kw: rnnkernels.IndRNN(I, H, nonlinearity="tanh", **kw),
+    "rnn": lambda **kw: rnnkernels.RNN(I, H, **kw),
 }
 # torch's per-sample fallback for an op without a batching rule warns so: our ops have one
 pytestmark = pytest.mark.filterwarnings("error:There is a performance drop")
@@ -145,7 +146,7 @@ def test_vmap_of_forward_matches_a_loop(backend, name):
             assert_close(a[k], b)
 
 
-@pytest.mark.parametrize("name", ["lstm-proj", "gru", "indrnn"])
+@pytest.mark.parametrize("name", ["lstm-proj", "gru", "indrnn", "rnn"])
 def test_vmap_over_weights_matches_a_loop(name):
     """An ensemble: vmapped weights (stacked modules) run one call per member."""
     modules = [make(name, "cpp")[0] for _ in range(2)]

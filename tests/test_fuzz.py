@@ -1,8 +1,9 @@
 """Crash safety: a malformed module or call raises before any backend runs; it never kills the
 process and never runs silently.
 
-Hypothesis draws LSTM / GRU / IndRNN calls (module or functional API, 1-2 layers, bidirectional
-or not, with projection or not, padded / unbatched / packed input) with one thing malformed, by
+Hypothesis draws LSTM / GRU / RNN / IndRNN calls (module or functional API, 1-2 layers,
+bidirectional or not, with projection or not, padded / unbatched / packed input) with one thing
+malformed, by
 family: a parameter (shape, dtype, device, or absent), weight_hh far too small for a large hidden
 size ("overrun"), an initial state, the input, a PackedSequence field, or what the functional API
 declares (hidden size, weight tuples). Sizes stay tiny (T <= 4, B <= 3, H <= 6) but in overrun
@@ -40,7 +41,7 @@ from hypothesis import strategies as st
 
 from rnnkernels.testing import TOLERANCES
 
-CELLS = ("LSTM", "GRU", "IndRNN")
+CELLS = ("LSTM", "GRU", "RNN", "IndRNN")
 LAYOUTS = ("padded", "unbatched", "packed")
 WRONG_DTYPES = ("float64", "float16", "bfloat16", "int32", "int64", "bool")
 HUGE = (2**31, 2**40)  # only on the meta device or declared: nothing of that size is allocated
@@ -79,7 +80,7 @@ def calls(draw, family: str, backend: str) -> dict:
     }
     if cell == "LSTM":
         config["proj_size"] = 0 if overrun else draw(st.sampled_from([0, *range(low, hidden)]))
-    if cell == "IndRNN":
+    if cell in ("RNN", "IndRNN"):
         config["nonlinearity"] = draw(st.sampled_from(["relu", "tanh"]))
     api = "functional" if family == "declared" else draw(st.sampled_from(["module", "functional"]))
     layout = {"packed": "packed", "empty_batch": "padded"}.get(family)

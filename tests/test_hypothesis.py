@@ -1,5 +1,5 @@
-"""Property-based parity with nn.LSTM / nn.GRU: random configurations and inputs; outputs, final
-states and every gradient (input, hx, all parameters) within the fp32 bar.
+"""Property-based parity with nn.LSTM / nn.GRU / nn.RNN: random configurations and inputs;
+outputs, final states and every gradient (input, hx, all parameters) within the fp32 bar.
 
 Tolerance: TOLERANCES[float32] (atol 5e-5) unscaled, also for weight gradients. Those are sums
 over at most T*B = 32 time-step/batch terms of O(1) values, so differing summation order costs
@@ -22,7 +22,7 @@ from rnnkernels.testing import TOLERANCES
 ATOL, RTOL = TOLERANCES[torch.float32]
 
 SETTINGS = settings(
-    max_examples=30,  # per (cell, layout): 180 examples in all
+    max_examples=30,  # per (cell, layout): 270 examples in all
     deadline=None,
     derandomize=True,
     database=None,
@@ -43,6 +43,8 @@ def configs(draw, cell: str, layout: str):
     }
     if cell == "LSTM" and hidden > 1 and draw(st.booleans()):
         config["proj_size"] = draw(st.integers(1, hidden - 1))
+    if cell == "RNN":
+        config["nonlinearity"] = draw(st.sampled_from(["tanh", "relu"]))
     T = draw(st.integers(1, 8))
     B = 1 if layout == "unbatched" else draw(st.integers(1, 4))
     case = {
@@ -131,7 +133,7 @@ def _check(cell: str, config: dict, case: dict) -> None:
 
 
 @pytest.mark.parametrize("layout", ["padded", "unbatched", "packed"])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_parity_random_configs(cell, layout):
     @SETTINGS
     @given(configs(cell, layout))

@@ -114,13 +114,15 @@ WEIGHTS = ["streaming", "on chip"]  # Triton's recurrent weights: streamed every
 
 # Two threads: B=32/33 runs as two batch chunks of 16-17 rows; B=5 with 4H=4096 / 3H=3600 splits
 # each step (the GEMM's panels, the pointwise pass's rows) in C++ and in Numba
-# (numba_jit.MIN_SPLIT_STEP_FLOPS). C++ IndRNN (one thread): hidden chunks of 512 past
+# (numba_jit.MIN_SPLIT_STEP_FLOPS); RNN's W_hh of 1100^2 floats splits C++'s steps by its size
+# (step_weight.h, split_step_gemm). C++ IndRNN (one thread): hidden chunks of 512 past
 # H=1024, vector widths crossed by H=5 and 130, odd T and B. Triton: tiles of 16 (block=16)
 # crossed by B, H, P and 4H and partly filled; H=130 also crosses the default block; IndRNN's
 # tiles of up to 128 hidden units by 256 // that rows.
 CPU_SIZES = {
     "lstm": [Shape("chunks", 5, 32, 128, threads=2), Shape("split-steps", 4, 5, 1024, threads=2)],
     "gru": [Shape("chunks", 6, 33, 200, threads=2), Shape("split-steps", 6, 5, 1200, threads=2)],
+    "rnn": [Shape("chunks", 6, 33, 130, threads=2), Shape("split-steps", 4, 5, 1100, threads=2)],
 }
 INDRNN_SIZES = [
     Shape(f"T{T}-B{B}-H{H}", T, B, H)
@@ -136,6 +138,8 @@ TRITON_LSTM = [
 ]
 TRITON_GRU = [Shape("H1", 3, 1, 1), Shape("B17-H65", 3, 17, 65), Shape("B33-H130", 3, 33, 130)]
 TRITON_INDRNN = [Shape("H1", 3, 1, 1), Shape("B300-H1", 4, 300, 1), Shape("B5-H130", 5, 5, 130)]
+TRITON_RNN = [Shape("H1", 3, 1, 1), Shape("B17-H33", 3, 17, 33, block=16),
+              Shape("B33-H130", 3, 33, 130)]  # fmt: skip
 TRITON = {"lengths": ["mixed"], "reverse": [False, True], "dtype": [F64]}
 BOUNDARIES = {
     ("cpp", "lstm"): {"shape": CPU_SIZES["lstm"], "variant": [0, 24], "lengths": [None, "mixed"],
@@ -150,10 +154,16 @@ BOUNDARIES = {
                        "lengths": [None, "mixed"], **CPU},
     ("numba", "indrnn"): {"shape": INDRNN_SIZES[1:2], "variant": ["relu", "tanh"],
                           "lengths": LENGTHS, **CPU},
+    ("cpp", "rnn"): {"shape": CPU_SIZES["rnn"], "variant": ["relu", "tanh"],
+                     "lengths": [None, "mixed"], **CPU},
+    ("numba", "rnn"): {"shape": CPU_SIZES["rnn"], "variant": ["relu", "tanh"],
+                       "lengths": [None, "mixed"], **CPU},
     ("triton", "lstm"): {"shape": TRITON_LSTM, "variant": [None], **TRITON, "weights": WEIGHTS},
     ("triton", "gru"): {"shape": TRITON_GRU, "variant": [True], **TRITON, "weights": WEIGHTS},
     ("triton", "indrnn"): {"shape": TRITON_INDRNN, "variant": ["relu", "tanh"], **TRITON,
                            "weights": [None]},
+    ("triton", "rnn"): {"shape": TRITON_RNN, "variant": ["relu", "tanh"], **TRITON,
+                        "weights": WEIGHTS},
 }  # fmt: skip
 IDS = {"reverse": direction, "lengths": lambda lengths: lengths or "full",
        "variant": lambda variant: "" if variant is None else str(variant),
@@ -169,7 +179,8 @@ def test_boundaries_match_oracle(
 ):
     """Forward and backward against naive.py, every output (saved tensors included) and every
     gradient; fresh allocations NaN-filled, so an element not written shows; y exactly zero past
-    each sequence's end; IndRNN's gradients also against autograd through naive.py's forward."""
+    each sequence's end; IndRNN's and RNN's gradients also against autograd through naive.py's
+    forward."""
     needs(backend, cell, dtype, device_of(backend))
     configure(backend, cell, shape, weights, monkeypatch)
     T, variant = shape.T, shape.variant if variant is None else variant
@@ -185,7 +196,7 @@ def test_boundaries_match_oracle(
     if lengths is not None:  # exactly zero past each sequence's end
         past_end = torch.arange(T, device=lengths.device).unsqueeze(1) >= lengths.unsqueeze(0)
         assert (ours[0][past_end] == 0).all()
-    if cell != "indrnn":  # LSTM, GRU: naive.py's backward against autograd in test_ops.py
+    if cell not in ("indrnn", "rnn"):  # LSTM, GRU: naive.py's backward against autograd, test_ops
         return
     leaves = [a.clone().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
               for a in args]  # fmt: skip
@@ -200,7 +211,11 @@ def test_boundaries_match_oracle(
         assert_close(a, b, f"gradient {k} against autograd")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn"])
+# Where <cell>_fwd takes h0 (testing.layer_args).
+H0 = {"lstm": 3, "gru": 3, "indrnn": 2, "rnn": 2}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "rnn"])
 def test_non_contiguous_inputs(backend, cell):
     """gx, the weight matrices and the initial states as strided views (IndRNN's u is 1-d): the
     kernels make the contiguous copies they need."""
@@ -211,7 +226,7 @@ def test_non_contiguous_inputs(backend, cell):
         return t if t is None or t.dim() < 2 else t.transpose(0, 1).contiguous().transpose(0, 1)
 
     views = [strided(a) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-    h0 = views[2 if cell == "indrnn" else 3]
+    h0 = views[H0[cell]]
     assert not views[0].is_contiguous() and not h0.is_contiguous()
     ours = run_layer(kernels(backend, cell), cell, views)
     for k, (a, b) in enumerate(zip(ours, run_layer(oracle(cell), cell, args))):
@@ -226,7 +241,7 @@ def test_non_contiguous_inputs(backend, cell):
 SMALL = Shape("T9-B5-H7", 9, 5, 7)
 DETERMINISM = {
     **{("reference", cell): {"shape": [SMALL], "variant": VARIANTS[cell], "runs": [(1, 1)]}
-       for cell in ("lstm", "gru", "indrnn")},
+       for cell in ("lstm", "gru", "indrnn", "rnn")},
     ("cpp", "lstm"): {"shape": [Shape("chunks", 6, 32, 128), Shape("split-steps", 6, 32, 512)],
                       "variant": [0, 32], "runs": [(2, 2, 2)]},
     ("cpp", "gru"): {"shape": [Shape("B33-H1000", 12, 33, 1000), Shape("B32-H256", 12, 32, 256),
@@ -238,12 +253,16 @@ DETERMINISM = {
     ("numba", "gru"): {"shape": [SMALL, CPU_SIZES["gru"][1]], "variant": [True, False],
                        "runs": [(2, 2, 2)]},
     ("numba", "indrnn"): {"shape": [SMALL], "variant": ["relu", "tanh"], "runs": [(1, 1, 1)]},
+    ("cpp", "rnn"): {"shape": CPU_SIZES["rnn"], "variant": ["tanh"], "runs": [(2, 2, 2)]},
+    ("numba", "rnn"): {"shape": CPU_SIZES["rnn"], "variant": ["relu"], "runs": [(2, 2, 2)]},
     ("triton", "lstm"): {"shape": [Shape("B20-H24", 3, 20, 24)], "variant": [8],
                          "runs": [(1, 1)], "weights": WEIGHTS},
     ("triton", "gru"): {"shape": [Shape("B33-H20", 3, 33, 20)], "variant": [True],
                         "runs": [(1, 1)], "weights": WEIGHTS},
     ("triton", "indrnn"): {"shape": [Shape("B300-H3", 5, 300, 3)], "variant": ["relu"],
                            "runs": [(1, 1)]},
+    ("triton", "rnn"): {"shape": [Shape("B33-H20", 3, 33, 20)], "variant": ["tanh"],
+                        "runs": [(1, 1)], "weights": WEIGHTS},
 }  # fmt: skip
 for axes in DETERMINISM.values():
     axes.setdefault("weights", [None])
@@ -279,7 +298,8 @@ def test_bitwise_deterministic(
 
 
 MODULES = {"lstm": (rnnkernels.LSTM, {}), "lstm-proj": (rnnkernels.LSTM, {"proj_size": 3}),
-           "gru": (rnnkernels.GRU, {}), "indrnn": (rnnkernels.IndRNN, {})}  # fmt: skip
+           "gru": (rnnkernels.GRU, {}), "indrnn": (rnnkernels.IndRNN, {}),
+           "rnn": (rnnkernels.RNN, {})}  # fmt: skip
 
 
 def make_module(name: str, backend: str, dtype=F32, **kwargs):
@@ -338,7 +358,7 @@ FROZEN_CASES = [
     pytest.param(backend, cell, weights, id="-".join([backend, cell, *weights.split()]),
                  marks=[pytest.mark.triton] if backend == "triton" else [])
     for backend in BACKENDS
-    for cell in ("lstm", "gru", "indrnn")
+    for cell in ("lstm", "gru", "indrnn", "rnn")
     for weights in (WEIGHTS if backend == "triton" and cell != "indrnn" else ["default"])
 ]  # fmt: skip
 
@@ -355,13 +375,13 @@ def test_nan_in_weights_does_not_reach_rows_past_their_end(backend, cell, weight
     if cell == "indrnn":
         args[1][3] = float("nan")
     else:
-        args[1][9, 3] = float("nan")
+        args[1][min(9, len(args[1]) - 1), 3] = float("nan")
     ours = run_layer(kernels(backend, cell), cell, args)
     expected = run_layer(oracle(cell), cell, args)
     for k, (a, b) in enumerate(zip(ours, expected)):
         assert torch.equal(a.isnan(), b.isnan()), f"tensor {k}: NaN positions differ"
         assert_close(a[~b.isnan()], b[~b.isnan()], f"tensor {k}")
-    y, hT, h0 = ours[0], ours[1], args[2 if cell == "indrnn" else 3]
+    y, hT, h0 = ours[0], ours[1], args[H0[cell]]
     d_gx, d_h0 = ours[N_FWD[cell]], ours[-2 if cell == "lstm" else -1]
     assert torch.equal(hT[1], h0[1]) and (y[:, 1] == 0).all() and (d_gx[:, 1] == 0).all()
     assert d_h0[1].isfinite().all()
@@ -376,7 +396,7 @@ def test_nan_in_weights_does_not_reach_rows_past_their_end(backend, cell, weight
 NAN_GX_CASES = grid(
     {
         "cell,variant": [("lstm", 0), ("lstm", 3), ("gru", True), ("gru", False),
-                         ("indrnn", "relu"), ("indrnn", "tanh")],
+                         ("indrnn", "relu"), ("indrnn", "tanh"), ("rnn", "relu"), ("rnn", "tanh")],
         "lengths": [None, [5, 0, 3]],
         "dtype": [F32, F64],
     },
@@ -393,7 +413,7 @@ def test_nan_in_gx_and_h0_propagates_like_the_oracle(backend, case, lengths, dty
     cell, variant = case
     needs(backend, cell, dtype, device_of(backend))
     args = list(layer_args(cell, 5, 3, 4, variant, lengths, dtype=dtype, device=device_of(backend)))
-    gx, h0 = args[0], args[2 if cell == "indrnn" else 3]
+    gx, h0 = args[0], args[H0[cell]]
     gx[1, 0, 2] = float("nan")
     h0[2, 1] = float("nan")
     if lengths is not None:
@@ -412,12 +432,13 @@ LONG = [("cpp", 10000), ("numba", 3000), pytest.param("triton", 48, marks=pytest
         pytest.param("triton", 400, marks=[pytest.mark.triton, pytest.mark.slow])]  # fmt: skip
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "rnn"])
 @pytest.mark.parametrize("backend,T", LONG, indirect=["backend"])
 def test_long_sequence_matches_oracle(backend, T, cell):
     """Long T, B=2, H=16, fp32: every output and gradient against naive.py over all steps, and
     finite (no denormal slowdown as gradients decay: IndRNN's u is 0.99, tanh)."""
     needs(backend, cell, F32, device_of(backend))
+    T = min(T, RNN_T) if cell == "rnn" else T
     args = layer_args(cell, T, 2, 16, dtype=F32, device=device_of(backend))
     if cell == "indrnn":
         args[1].fill_(0.99)
@@ -429,13 +450,16 @@ def test_long_sequence_matches_oracle(backend, T, cell):
 
 # Module steps per backend: the interpreter runs Triton's step loop in Python. IndRNN 1000: its
 # weight gradients sum 2T rows of decaying gradients, where the order of a float32 sum shows at
-# the fp32 bar by T = 3000 (torch's autograd and the kernels sum differently).
-MODULE_T = {"lstm": 2000, "gru": 2000, "indrnn": 1000}
+# the fp32 bar by T = 3000 (torch's autograd and the kernels sum differently). RNN: its tanh
+# keeps every step's gradient of order 1, so dW_hh grows with T (to ~100 at T = 10000, where
+# 5e-5 is a few ulps): the order of the sum showed at T = 2000 (module; 10000 the op: 8e-5).
+RNN_T = 3000
+MODULE_T = {"lstm": 2000, "gru": 2000, "indrnn": 1000, "rnn": 500}
 MODULE_BACKENDS = [pytest.param("reference", marks=pytest.mark.slow), "cpp", "numba",
                    pytest.param("triton", marks=pytest.mark.triton)]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru", "indrnn"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "indrnn", "rnn"])
 @pytest.mark.parametrize("backend", MODULE_BACKENDS, indirect=True)
 def test_long_sequence_module_matches_torch(backend, name):
     """A module over a long sequence (B=2, fp32; Triton 48 steps) against torch's (IndRNN: the

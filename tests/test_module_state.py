@@ -28,13 +28,18 @@ CONFIGS = [
     {"proj_size": 2},
     {"proj_size": 3, "num_layers": 2, "bidirectional": True, "bias": False},
 ]
-CELLS = {"LSTM": (rnnkernels.LSTM, nn.LSTM), "GRU": (rnnkernels.GRU, nn.GRU)}
+CELLS = {
+    "LSTM": (rnnkernels.LSTM, nn.LSTM),
+    "GRU": (rnnkernels.GRU, nn.GRU),
+    "RNN": (rnnkernels.RNN, nn.RNN),
+}
+RNN_CONFIGS = [{"nonlinearity": "relu"}, {"nonlinearity": "relu", "num_layers": 2, "bias": False}]
 
 
 def _cases():
     for cell in CELLS:
-        for config in CONFIGS:
-            if cell == "GRU" and "proj_size" in config:
+        for config in CONFIGS + (RNN_CONFIGS if cell == "RNN" else []):
+            if cell != "LSTM" and "proj_size" in config:
                 continue
             yield pytest.param(
                 cell, config, id=f"{cell}-" + "-".join(f"{k}={v}" for k, v in config.items())
@@ -128,7 +133,7 @@ def test_state_dict_round_trip_and_outputs(cell, config):
     ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain",
 )
 def test_repr_matches_torch(cell, config):
-    if cell == "GRU" and "proj_size" in config:
+    if cell != "LSTM" and "proj_size" in config:
         pytest.skip("proj_size is LSTM only")
     assert repr(_make(cell, config)) == repr(_make(cell, config, ours=False))
     assert _make(cell, config).extra_repr() == _make(cell, config, ours=False).extra_repr()

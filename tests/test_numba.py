@@ -57,7 +57,7 @@ def test_package_runs_on_numba_without_the_cpp_extension():
         assert "cpp" not in rnnkernels.available_backends()
         assert "blocked by the test" in backends.why_unavailable("cpp")
         x = torch.randn(6, 3, 4)
-        for cell in (rnnkernels.LSTM, rnnkernels.GRU, rnnkernels.IndRNN):
+        for cell in (rnnkernels.LSTM, rnnkernels.GRU, rnnkernels.RNN, rnnkernels.IndRNN):
             auto = cell(4, 5, num_layers=2, bidirectional=True)
             reference = copy.deepcopy(auto)
             reference.backend = "reference"

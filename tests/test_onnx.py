@@ -1,5 +1,5 @@
-"""ONNX export (rnnkernels/onnx.py): models holding our LSTM / GRU / IndRNN exported with both of
-torch's exporters, run by onnxruntime at another T than the export's, against eager within the
+"""ONNX export (rnnkernels/onnx.py): models holding our LSTM / GRU / RNN / IndRNN exported with both
+of torch's exporters, run by onnxruntime at another T than the export's, against eager within the
 fp32 bar; the ONNX operators each case emits; the clear errors where a case has no ONNX form.
 The flag grid's default run is a pairwise covering subset (testing.grid); ``-m slow`` runs it
 whole."""
@@ -32,7 +32,7 @@ LENGTHS = {  # per T: unsorted, for enforce_sorted=False; sorted descending they
 # time-major input and lengths inside the model, as users write it) sorted or not.
 PADDED = ["padded", "batch_first", "unbatched"]
 PACKED = ["packed_sorted", "packed_unsorted"]
-CELLS = ["lstm", "lstm_proj", "gru", "indrnn"]
+CELLS = ["lstm", "lstm_proj", "gru", "rnn", "indrnn"]  # rnn: relu (rnn_tanh: its own test)
 
 
 class Exported(nn.Module):
@@ -67,6 +67,9 @@ def make_rnn(cell, num_layers=1, bidirectional=False, bias=True, batch_first=Fal
         return rnn
     if cell == "gru":
         return rnnkernels.GRU(*args, bias, batch_first, 0.0, bidirectional)
+    if cell.startswith("rnn"):
+        nonlinearity = "tanh" if cell == "rnn_tanh" else "relu"
+        return rnnkernels.RNN(*args, nonlinearity, bias, batch_first, 0.0, bidirectional)
     proj = P if cell == "lstm_proj" else 0
     return rnnkernels.LSTM(*args, bias, batch_first, 0.0, bidirectional, proj)
 
@@ -149,8 +152,8 @@ def check_export(cell, dynamo, layout, with_hx, **config):
 
 def expected_ops(cell, dynamo) -> tuple[str, set[str]]:
     """The operator that carries the recurrence, and those that must not appear with it."""
-    if cell in ("lstm", "gru"):
-        return cell.upper(), {"Loop", "Scan"}
+    if cell in ("lstm", "gru", "rnn", "rnn_tanh"):
+        return cell[:4].upper().rstrip("_"), {"Loop", "Scan"}
     return ("Scan" if dynamo else "Loop"), {"LSTM", "GRU", "RNN"}
 
 
@@ -192,11 +195,11 @@ def test_export_matches_eager(cell, dynamo, layout, num_layers, bidirectional, b
 
 @pytest.mark.parametrize(
     "cell,layout,num_layers,bidirectional,bias,with_hx",
-    grid({"cell": ["lstm", "gru"], "layout": PACKED, **FLAGS}, pairwise=True, ids=IDS),
+    grid({"cell": ["lstm", "gru", "rnn"], "layout": PACKED, **FLAGS}, pairwise=True, ids=IDS),
 )
 def test_packed_export_matches_eager(cell, layout, num_layers, bidirectional, bias, with_hx):
     """Packed input (pack_padded_sequence inside the model, sorted or not) with dynamo=False: the
-    lengths become the ONNX LSTM / GRU's sequence_lens."""
+    lengths become the ONNX LSTM / GRU / RNN's sequence_lens."""
     config = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias)
     proto = check_export(cell, False, layout, with_hx, **config)
     check_ops(proto, cell, False, packed=True)
@@ -231,8 +234,18 @@ def test_packed_without_onnx_form_raises(cell, dynamo, layout):
     message = REFUSED["dynamo" if dynamo else cell]
     with pytest.raises(Exception, match=re.escape(message)) as info:
         check_export(cell, dynamo, layout, with_hx=False)
-    module = {"indrnn": "IndRNN", "gru": "GRU"}.get(cell, "LSTM")
+    module = {"indrnn": "IndRNN", "gru": "GRU", "rnn": "RNN"}.get(cell, "LSTM")
     assert f"rnnkernels.{module}: packed input (a PackedSequence) cannot" in str(info.value)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_rnn_tanh_export_matches_eager(dynamo):
+    """RNN's default nonlinearity (the grid's RNN is relu): the node's activations, both ways."""
+    proto = check_export("rnn_tanh", dynamo, "padded", True, num_layers=2, bidirectional=True)
+    check_ops(proto, "rnn_tanh", dynamo)
+    node = next(n for n in proto.graph.node if n.op_type == "RNN")
+    activations = next((a.strings for a in node.attribute if a.name == "activations"), None)
+    assert activations is None or set(activations) == {b"Tanh"}  # None: ONNX's default, Tanh
 
 
 class Tagger(nn.Module):

@@ -11,6 +11,8 @@ from rnnkernels.ops.indrnn import naive as indrnn_naive
 from rnnkernels.ops.indrnn.op import indrnn_bwd, indrnn_fwd
 from rnnkernels.ops.lstm import naive as lstm_naive
 from rnnkernels.ops.lstm.op import lstm_bwd, lstm_fwd
+from rnnkernels.ops.rnn import naive as rnn_naive
+from rnnkernels.ops.rnn.op import rnn_bwd, rnn_fwd
 from rnnkernels.testing import (
     VARIANTS,
     assert_close,
@@ -47,7 +49,10 @@ CELLS = {
     "gru": (gru_fwd, gru_bwd, gru_naive.gru_fwd, gru_naive.gru_bwd, args_factory("gru"), 2),
     "indrnn": (indrnn_fwd, indrnn_bwd, indrnn_naive.indrnn_fwd, indrnn_naive.indrnn_bwd,
                args_factory("indrnn"), 2),
+    "rnn": (rnn_fwd, rnn_bwd, rnn_naive.rnn_fwd, rnn_naive.rnn_bwd, args_factory("rnn"), 2),
 }  # fmt: skip
+# The cells whose op takes the nonlinearity last and whose backward takes y alone.
+ACTIVATION_CELLS = ("indrnn", "rnn")
 CASES = [
     (cell, variant, lengths, reverse)
     for cell in CELLS
@@ -88,9 +93,9 @@ def test_oracle_backward_matches_autograd(case):
     cotangents = [rand(*o.shape) for o in outputs[:n_out]]
     expected = torch.autograd.grad(outputs[:n_out], differentiable(args), cotangents)
     with torch.no_grad():
-        if cell == "indrnn":
-            gx, u, h0, lengths, reverse, nonlinearity = args
-            got = oracle_bwd(*cotangents, u, h0, lengths, reverse, nonlinearity, outputs[0])
+        if cell in ACTIVATION_CELLS:
+            gx, w_hh, h0, lengths, reverse, nonlinearity = args
+            got = oracle_bwd(*cotangents, w_hh, h0, lengths, reverse, nonlinearity, outputs[0])
         else:
             saved = [outputs[0], *outputs[n_out:]]
             got = oracle_bwd(*cotangents, *args[1:], *saved)
@@ -144,9 +149,9 @@ def test_opcheck(case, backend):
     torch.library.opcheck(fwd, (*args, backend))
     outputs = fwd(*args, backend)
     grads = [torch.randn_like(o) for o in outputs[:n_out]]
-    if cell == "indrnn":
-        gx, u, h0, lengths, reverse, nonlinearity = args
-        bwd_args = (*grads, u, h0, lengths, reverse, nonlinearity, outputs[0])
+    if cell in ACTIVATION_CELLS:
+        gx, w_hh, h0, lengths, reverse, nonlinearity = args
+        bwd_args = (*grads, w_hh, h0, lengths, reverse, nonlinearity, outputs[0])
     else:
         bwd_args = (*grads, *args[1:], outputs[0], *outputs[n_out:])
     torch.library.opcheck(bwd, tuple(a.detach() if isinstance(a, torch.Tensor) else a

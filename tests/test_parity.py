@@ -1,7 +1,8 @@
-"""Modules against torch per (backend, cell) over the flag grid: LSTM and GRU against nn.LSTM /
-nn.GRU, IndRNN against an independent eager loop (testing.EagerIndRNN); outputs, final states and
-every gradient. Each grid's default run is a pairwise covering subset (testing.grid: every two
-flags in every combination of their values at least once); ``-m slow`` runs the whole grid."""
+"""Modules against torch per (backend, cell) over the flag grid: LSTM, GRU and RNN against
+nn.LSTM / nn.GRU / nn.RNN, IndRNN against an independent eager loop (testing.EagerIndRNN);
+outputs, final states and every gradient. Each grid's default run is a pairwise covering subset
+(testing.grid: every two flags in every combination of their values at least once); ``-m slow``
+runs the whole grid."""
 
 import itertools
 
@@ -91,6 +92,30 @@ def test_gru_matches_torch(backend, bias, batch_first, bidirectional, num_layers
     x = make_input(layout, batch_first)
     hx = make_hx(m, layout, (H,)) if with_hx else None
     check_against_torch(m, x, hx)
+
+
+@pytest.mark.parametrize(
+    "bias,batch_first,bidirectional,num_layers,layout,with_hx,nonlinearity",
+    grid({**FLAGS, "nonlinearity": ["tanh", "relu"]}, pairwise=True, ids=IDS),
+)
+def test_rnn_matches_torch(backend, bias, batch_first, bidirectional, num_layers, layout, with_hx,
+                           nonlinearity):  # fmt: skip
+    needs(backend, "rnn")
+    m = rnnkernels.RNN(I, H, num_layers, nonlinearity, bias, batch_first, 0.0, bidirectional,
+                       backend=backend)  # fmt: skip
+    x = make_input(layout, batch_first)
+    hx = make_hx(m, layout, (H,)) if with_hx else None
+    check_against_torch(m, x, hx)
+
+
+# The cells with a torch module: how to build ours (2 layers where asked) and its state sizes.
+def make_module(cell, backend, I=I, H=H, P=0, num_layers=1):
+    options = dict(bidirectional=True, backend=backend)
+    if cell == "lstm":
+        return rnnkernels.LSTM(I, H, num_layers, proj_size=P, **options)
+    if cell == "gru":
+        return rnnkernels.GRU(I, H, num_layers, **options)
+    return rnnkernels.RNN(I, H, num_layers, "relu", **options)  # relu: tanh is in the grid
 
 
 INDRNN_FLAGS = {
@@ -184,36 +209,32 @@ def test_recurrent_max_abs_clamps_u():
     assert u_grad[0] == 0 and u_grad[1] == 0  # clamped entries get no gradient
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("T,B,I,H,P", [(1, 3, 2, 4, 0), (7, 2, 3, 1, 0), (63, 3, 4, 5, 3),
                                        (5, 1, 1, 130, 0), (6, 6, 3, 5, 1)])  # fmt: skip
 def test_odd_sizes_match_torch(backend, cell, T, B, I, H, P):
     needs(backend, cell)
-    if cell == "lstm":
-        m = rnnkernels.LSTM(I, H, bidirectional=True, proj_size=P, backend=backend)
-    else:
-        m = rnnkernels.GRU(I, H, bidirectional=True, backend=backend)
+    m = make_module(cell, backend, I, H, P if cell == "lstm" else 0)
     check_against_torch(m, make_input("padded", False, T=T, B=B, I=I), None)
     check_against_torch(m, make_input("packed", False, T=T, B=B, I=I), None)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_sorted_packed_input_matches_torch(backend, cell):
     needs(backend, cell)
-    module = rnnkernels.LSTM if cell == "lstm" else rnnkernels.GRU
-    m = module(I, H, 2, bidirectional=True, backend=backend)
+    m = make_module(cell, backend, num_layers=2)
     x = torch.randn(5, 4, I, requires_grad=True)
     packed = pack_padded_sequence(x, torch.tensor([5, 3, 3, 1]))  # enforce_sorted=True
     check_against_torch(m, packed, None)
 
 
 @pytest.mark.parametrize("cell,used", [("lstm", [0]), ("lstm", [1]), ("lstm", [2]),
-                                       ("lstm", [1, 2]), ("gru", [0]), ("gru", [1])])  # fmt: skip
+                                       ("lstm", [1, 2]), ("gru", [0]), ("gru", [1]),
+                                       ("rnn", [0]), ("rnn", [1])])  # fmt: skip
 def test_loss_on_some_outputs_matches_torch(backend, cell, used):
     """Outputs the loss leaves out reach the backward as no gradient (not zeros): same answer."""
     needs(backend, cell)
-    module = rnnkernels.LSTM if cell == "lstm" else rnnkernels.GRU
-    m = module(I, H, 2, bidirectional=True, backend=backend)
+    m = make_module(cell, backend, num_layers=2)
     sizes = (H, H) if cell == "lstm" else (H,)
     for layout in ("padded", "packed"):
         check_against_torch(m, make_input(layout, False), make_hx(m, layout, sizes), used)

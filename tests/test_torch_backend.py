@@ -1,8 +1,9 @@
-"""The torch backend: a whole call by torch's own fused op, so its numbers are nn.LSTM's / nn.GRU's
-exactly (torch.equal on CPU, where torch's RNN is deterministic), outputs, final states and every
-gradient, over a module grid (padded / packed / unbatched, batch_first, bidirectional, 1-2 layers,
-projection, hx given, no bias, dropout in training). It runs after the one check of the call, has
-no IndRNN, and under torch.compile runs eagerly behind a graph break, as nn.LSTM does."""
+"""The torch backend: a whole call by torch's own fused op, so its numbers are nn.LSTM's /
+nn.GRU's / nn.RNN's (tanh and relu) exactly (torch.equal on CPU, where torch's RNN is
+deterministic), outputs, final states and every gradient, over a module grid (padded / packed /
+unbatched, batch_first, bidirectional, 1-2 layers, projection, hx given, no bias, dropout in
+training). It runs after the one check of the call, has no IndRNN, and under torch.compile runs
+eagerly behind a graph break, as nn.LSTM does."""
 
 import itertools
 
@@ -17,14 +18,16 @@ T, B, I, H, P = 6, 3, 4, 5, 3
 
 
 def _case(cell, form, bidirectional, batch_first, layers, proj, hx_given, bias, dropout=0.0):
+    """cell: "lstm", "gru", "rnn" (tanh) or "rnn-relu"."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
     kw.update(dropout=dropout, backend="torch")
-    ours = (
-        rnnkernels.LSTM(I, H, proj_size=proj, **kw)
-        if cell == "lstm"
-        else rnnkernels.GRU(I, H, **kw)
-    )
+    if cell == "lstm":
+        ours = rnnkernels.LSTM(I, H, proj_size=proj, **kw)
+    elif cell == "gru":
+        ours = rnnkernels.GRU(I, H, **kw)
+    else:
+        ours = rnnkernels.RNN(I, H, nonlinearity="relu" if cell == "rnn-relu" else "tanh", **kw)
     D, R = 2 if bidirectional else 1, proj or H
     x = torch.randn(B, T, I) if batch_first else torch.randn(T, B, I)
     if form == "unbatched":
@@ -59,10 +62,10 @@ def _outputs_and_grads(module, input, hx, x, seed=1):
 GRID = [
     (cell, form, bidirectional, batch_first, layers, proj, hx_given, bias)
     for cell, form, bidirectional, batch_first, layers, proj, hx_given, bias in itertools.product(
-        ["lstm", "gru"], ["padded", "packed", "unbatched"], [False, True], [False, True], [1, 2],
-        [0, P], [False, True], [True, False],
+        ["lstm", "gru", "rnn"], ["padded", "packed", "unbatched"], [False, True], [False, True],
+        [1, 2], [0, P], [False, True], [True, False],
     )
-    if not (cell == "gru" and proj)
+    if not (cell != "lstm" and proj)
     # every flag in every combination of two, without the full product
     and (bias or (layers == 2 and hx_given))
 ]  # fmt: skip
@@ -78,7 +81,18 @@ def test_torch_backend_is_torch(case):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("form", ["padded", "packed", "unbatched"])
+def test_rnn_relu_is_torch_s(form):
+    ours, input, hx, x = _case("rnn-relu", form, True, False, 2, 0, True, True)
+    assert ours.mode == "RNN_RELU"
+    twin = torch_twin(ours)
+    got, got_grads = _outputs_and_grads(ours, input, hx, x)
+    expected, expected_grads = _outputs_and_grads(twin, input, hx, x)
+    for a, b in zip([*got, *got_grads], [*expected, *expected_grads], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_dropout_in_training_is_torch_s(cell):
     ours, input, hx, x = _case(cell, "padded", True, False, 3, 0, False, True, dropout=0.5)
     twin = torch_twin(ours.train())

@@ -13,7 +13,7 @@ from rnnkernels.testing import TOLERANCES, assert_close, layer_args, needs, run_
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.triton
 LOW_PRECISION = [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
-# LSTM and GRU twice: their recurrent weights streamed every step, and kept on chip (the
+# LSTM, GRU and RNN twice: their recurrent weights streamed every step, and kept on chip (the
 # conftest's triton_weights fixture, parametrised here); IndRNN has no recurrent matrix.
 WEIGHTS = ["streaming", "on chip"]
 
@@ -33,7 +33,16 @@ def oracle(cell):
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize(
     "cell,variant,triton_weights",
-    with_weights([("lstm", 0), ("lstm", 6), ("gru", True), ("indrnn", "relu"), ("indrnn", "tanh")]),
+    with_weights(
+        [
+            ("lstm", 0),
+            ("lstm", 6),
+            ("gru", True),
+            ("rnn", "tanh"),
+            ("indrnn", "relu"),
+            ("indrnn", "tanh"),
+        ]  # fmt: skip
+    ),
     indirect=["triton_weights"],
 )
 def test_low_precision_matches_fp32_reference(cell, variant, triton_weights, dtype):

@@ -1,8 +1,8 @@
-"""The Triton backend on a CUDA GPU: LSTM and GRU modules against cuDNN's nn.LSTM / nn.GRU over
-the flag grid of test_parity.py (fp32 with TF32 off on both sides; fp16 / bf16 against cuDNN in
-fp32), IndRNN against the oracle, and an LSTM layer of sizes that cross many tiles and batch
-programs; the module and layer tests also with the weights kept on chip. Every test is marked
-gpu: skipped without CUDA."""
+"""The Triton backend on a CUDA GPU: LSTM, GRU and RNN modules against cuDNN's nn.LSTM / nn.GRU /
+nn.RNN over the flag grid of test_parity.py (fp32 with TF32 off on both sides; fp16 / bf16
+against cuDNN in fp32), IndRNN against the oracle, and an LSTM layer of sizes that cross many
+tiles and batch programs; the module and layer tests also with the weights kept on chip. Every
+test is marked gpu: skipped without CUDA."""
 
 import itertools
 
@@ -52,8 +52,12 @@ def make_module(cell, num_layers=2, bidirectional=True, proj_size=0, **flags):
     if cell == "lstm":
         return rnnkernels.LSTM(I, H, num_layers, bidirectional=bidirectional, proj_size=proj_size,
                                device=DEVICE, backend="triton", **flags)  # fmt: skip
-    return rnnkernels.GRU(I, H, num_layers, bidirectional=bidirectional, device=DEVICE,
-                          backend="triton", **flags)  # fmt: skip
+    module = rnnkernels.RNN if cell == "rnn" else rnnkernels.GRU
+    return module(I, H, num_layers, bidirectional=bidirectional, device=DEVICE, backend="triton",
+                  **flags)  # fmt: skip
+
+
+VARIANT = {"gru": True, "rnn": "tanh"}  # layer_args' variant per cell (LSTM: its P)
 
 
 class Upcast(nn.Module):
@@ -91,7 +95,7 @@ def check_against_cudnn(module, x, hx):
 
 
 @pytest.mark.usefixtures("triton_weights")
-@pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0)])
+@pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0), ("rnn", 0)])
 @pytest.mark.parametrize("bias,batch_first,bidirectional,num_layers,layout,with_hx", GRID)
 def test_matches_cudnn(cell, proj_size, bias, batch_first, bidirectional, num_layers, layout,
                        with_hx):  # fmt: skip
@@ -104,7 +108,7 @@ def test_matches_cudnn(cell, proj_size, bias, batch_first, bidirectional, num_la
 
 @pytest.mark.usefixtures("triton_weights")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0)])
+@pytest.mark.parametrize("cell,proj_size", [("lstm", 0), ("lstm", P), ("gru", 0), ("rnn", 0)])
 @pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
 def test_low_precision_matches_cudnn_fp32(dtype, cell, proj_size, layout):
     """Our module in ``dtype`` against cuDNN in fp32 on the same rounded weights and inputs,
@@ -164,7 +168,7 @@ def test_lstm_layer_across_many_tiles_matches_oracle(P, reverse):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell,P", [("lstm", 0), ("lstm", 100), ("gru", 0)])
+@pytest.mark.parametrize("cell,P", [("lstm", 0), ("lstm", 100), ("gru", 0), ("rnn", 0)])
 def test_split_programs_match_one_program_bitwise(cell, P, reverse, monkeypatch):
     """A batch tile's hidden tiles split across programs that meet at step_barrier give the bits
     that one program walking all of them gives (the same dots in the same order): forward and
@@ -172,8 +176,8 @@ def test_split_programs_match_one_program_bitwise(cell, P, reverse, monkeypatch)
     from rnnkernels.ops import triton_common
 
     T, B, H = 40, 70, 300
-    args = layer_args(cell, T, B, H, P if cell == "lstm" else True, "mixed", reverse,
-                      torch.float32, device=DEVICE)  # fmt: skip
+    args = layer_args(cell, T, B, H, VARIANT.get(cell, P), "mixed", reverse, torch.float32,
+                      device=DEVICE)  # fmt: skip
     module = kernels("triton", cell)
     assert triton_common.split_programs(torch.device(DEVICE), 5, 10, 2 * T) == 10
     split = run_layer(module, cell, args)
@@ -199,7 +203,7 @@ class Recorder:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell,P", [("lstm", 0), ("lstm", 48), ("gru", 0)])
+@pytest.mark.parametrize("cell,P", [("lstm", 0), ("lstm", 48), ("gru", 0), ("rnn", 0)])
 def test_weights_on_chip_match_streaming(cell, P, reverse, dtype, monkeypatch):
     """T=40, B=70 (five batch tiles), H=100 (seven hidden tiles of 16, a program each), mixed
     lengths: the kernels that keep each program's weight slices on chip (forward and backward
@@ -209,7 +213,7 @@ def test_weights_on_chip_match_streaming(cell, P, reverse, dtype, monkeypatch):
     from rnnkernels.ops import triton_common
 
     T, B, H = 40, 70, 100
-    args = layer_args(cell, T, B, H, P if cell == "lstm" else True, "mixed", reverse, dtype,
+    args = layer_args(cell, T, B, H, VARIANT.get(cell, P), "mixed", reverse, dtype,
                       device=DEVICE)  # fmt: skip
     module = kernels("triton", cell)
     streaming = run_layer(module, cell, args)

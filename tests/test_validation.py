@@ -37,6 +37,10 @@ MALFORMED_MODULES = [
      {"bias_hh_l0": torch.randn(7)}, rf"bias_hh_l0 {SHAPE} \[12\], got \[7\]"),
     ("indrnn-u-1", lambda b: rnnkernels.IndRNN(4, 5, backend=b),
      {"weight_hh_l0": torch.randn(1)}, rf"weight_hh_l0 {SHAPE} \[5\], got \[1\]"),
+    ("rnn-w_hh-5x1", lambda b: rnnkernels.RNN(4, 5, backend=b),
+     {"weight_hh_l0": torch.randn(5, 1)}, rf"weight_hh_l0 {SHAPE} \[5, 5\], got \[5, 1\]"),
+    ("rnn-b_ih-dtype", lambda b: rnnkernels.RNN(4, 3, nonlinearity="relu", backend=b),
+     {"bias_ih_l0": torch.randn(3).double()}, r"bias_ih_l0 has dtype torch.float64"),
     ("lstm-reverse-w_ih", lambda b: rnnkernels.LSTM(4, 3, 2, bidirectional=True, backend=b),
      {"weight_ih_l1_reverse": torch.randn(12, 5)}, rf"weight_ih_l1_reverse {SHAPE} \[12, 6\]"),
     ("lstm-w_hr", lambda b: rnnkernels.LSTM(4, 5, proj_size=2, backend=b),
@@ -206,6 +210,7 @@ def _views(*shape: int) -> torch.Tensor:
         ("gru", 2**20, 1024, "one time step of gx"),
         ("gru", 1, 27000, "w_hh"),
         ("indrnn", 2**20, 2**11, "one time step of gx"),
+        ("rnn", 1, 46341, "w_hh"),  # H * H > 2**31 - 1
     ],
 )
 def test_triton_size_limit_refused_before_anything_runs(cell, B, H, what):
@@ -213,7 +218,7 @@ def test_triton_size_limit_refused_before_anything_runs(cell, B, H, what):
     so before anything is allocated or launched."""
     if "triton" not in rnnkernels.available_backends():
         pytest.skip(rnnkernels.backends.why_unavailable("triton"))
-    G, I, T = {"lstm": 4, "gru": 3, "indrnn": 1}[cell], 2, 2
+    G, I, T = {"lstm": 4, "gru": 3, "indrnn": 1, "rnn": 1}[cell], 2, 2
     w_hh = _views(G * H) if cell == "indrnn" else _views(G * H, H)
     weights = [(_views(G * H, I), w_hh, None, None) + ((None,) if cell == "lstm" else ())]
     hx = _views(1, B, H)
@@ -221,6 +226,12 @@ def test_triton_size_limit_refused_before_anything_runs(cell, B, H, what):
     call = getattr(functional, cell)
     with pytest.raises(rnnkernels.BackendError, match=f"{what} has .* int32 index limit"):
         call(_views(T, B, I), hx, weights, H, backend="triton")
+
+
+def test_functional_rnn_nonlinearity_is_checked():
+    weights = [(torch.randn(3, 2), torch.randn(3, 3), None, None)]
+    with pytest.raises(ValueError, match="^Unknown nonlinearity 'sigmoid'. Select from 'tanh'"):
+        functional.rnn(torch.randn(4, 1, 2), None, weights, 3, nonlinearity="sigmoid")
 
 
 def test_functional_indrnn_nonlinearity_is_checked():

@@ -7,6 +7,7 @@
 
 #include <ATen/Parallel.h>  // no <ATen/ops/empty.h>: it adds ~5 s of compile; new_empty suffices
 
+#include "activation.h"
 #include "common.h"
 
 #include <algorithm>
@@ -21,28 +22,13 @@ namespace {
 
 using namespace detail;
 
-enum class Act { relu, tanh };
-
-Act parse_act(std::string_view nonlinearity) {
-  if (nonlinearity == "relu") return Act::relu;
-  if (nonlinearity == "tanh") return Act::tanh;
-  TORCH_CHECK(false, "rnnkernels indrnn: nonlinearity must be 'relu' or 'tanh', got '",
-              std::string(nonlinearity), "'");
-}
-
-// relu that propagates NaN as torch.relu does (NaN <= 0 is false).
-template <typename scalar_t>
-inline scalar_t relu(scalar_t x) {
-  return x <= scalar_t(0) ? scalar_t(0) : x;
-}
-
 // One step of n units: h = act(gx + u * h); y = h.  Plain function + restrict so GCC vectorises.
 template <typename scalar_t, Act act>
 RNNKERNELS_MULTIVERSION void step_fwd(const scalar_t* __restrict__ gx, const scalar_t* __restrict__ u,
               scalar_t* __restrict__ h, scalar_t* __restrict__ y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t pre = gx[i] + u[i] * h[i];
-    const scalar_t v = act == Act::relu ? relu(pre) : tanh_(pre);
+    const scalar_t v = activate<act>(pre);
     h[i] = v;
     y[i] = v;
   }
@@ -56,8 +42,7 @@ RNNKERNELS_MULTIVERSION void step_bwd(const scalar_t* __restrict__ grad_y, const
               int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t g = dh[i] + grad_y[i];
-    const scalar_t d_pre = act == Act::relu ? g * scalar_t(y[i] > scalar_t(0))
-                                            : g * (scalar_t(1) - y[i] * y[i]);
+    const scalar_t d_pre = activation_grad<act>(g, y[i]);
     d_gx[i] = d_pre;
     d_u[i] += double(d_pre) * double(h_prev[i]);
     dh[i] = d_pre * u[i];
@@ -164,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor> indrnn_fwd(
     const at::Tensor& gx_in, const at::Tensor& u_in, const at::Tensor& h0_in,
     const std::optional<at::Tensor>& lengths, bool reverse, std::string_view nonlinearity) {
   check_layer(gx_in, u_in, h0_in, "gx");
-  const Act act = parse_act(nonlinearity);
+  const Act act = parse_act(nonlinearity, "indrnn");
   const at::Tensor gx = gx_in.contiguous(), u = u_in.contiguous(), h0 = h0_in.contiguous();
   const int64_t T = gx.size(0), B = gx.size(1), H = gx.size(2);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "indrnn");
@@ -192,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd(
               "rnnkernels indrnn: grad_y / grad_hT must match y / h0 in shape and dtype");
   TORCH_CHECK(grad_y_in.device().is_cpu() && grad_hT_in.device().is_cpu(),
               "rnnkernels indrnn (cpp): tensors must be on the CPU");
-  const Act act = parse_act(nonlinearity);
+  const Act act = parse_act(nonlinearity, "indrnn");
   const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
   const at::Tensor u = u_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
   const int64_t T = y.size(0), B = y.size(1), H = y.size(2);

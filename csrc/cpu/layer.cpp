@@ -7,6 +7,7 @@
 #include <rnnkernels/indrnn.h>
 #include <rnnkernels/linear.h>
 #include <rnnkernels/lstm.h>
+#include <rnnkernels/rnn.h>
 
 #include <c10/util/Exception.h>
 
@@ -197,6 +198,49 @@ std::tuple<at::Tensor, at::Tensor> indrnn_layer(
     std::string_view nonlinearity) {
   IndRNNLayerOutput out =
       indrnn_layer_fwd(x, w_ih, u, b_ih, b_hh, h0, lengths, reverse, nonlinearity);
+  return {out.y, out.hT};
+}
+
+// ---- RNN
+
+RNNLayerOutput rnn_layer_fwd(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const std::optional<at::Tensor>& b_ih,
+                             const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                             const std::optional<at::Tensor>& lengths, bool reverse,
+                             std::string_view nonlinearity) {
+  check_projection("rnn", x, w_ih, w_hh.size(0));
+  check_bias("rnn", "b_ih", b_ih, w_hh.size(0));
+  check_bias("rnn", "b_hh", b_hh, w_hh.size(0));
+  auto [y, hT] = rnn_fwd(project(x, w_ih, b_ih, b_hh), w_hh, h0, lengths, reverse, nonlinearity);
+  return {y, hT};
+}
+
+RNNLayerGrads rnn_layer_bwd(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& grad_hT, const at::Tensor& x,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse, std::string_view nonlinearity,
+    const RNNLayerOutput& out) {
+  check_projection("rnn", x, w_ih, w_hh.size(0));
+  auto [d_gx, d_w_hh, d_h0] = rnn_bwd(grad_y, grad_or_zeros(grad_hT, out.hT), w_hh, h0, lengths,
+                                      reverse, nonlinearity, out.y);
+  ProjectionGrads projection = project_bwd(d_gx, x, w_ih, b_ih || b_hh);
+  RNNLayerGrads grads;
+  grads.d_x = projection.d_x;
+  grads.d_w_ih = projection.d_w_ih;
+  grads.d_w_hh = d_w_hh;
+  if (b_ih) grads.d_b_ih = projection.d_bias;
+  if (b_hh) grads.d_b_hh = b_ih ? projection.d_bias.clone() : projection.d_bias;
+  grads.d_h0 = d_h0;
+  return grads;
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_layer(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
+    std::string_view nonlinearity) {
+  RNNLayerOutput out = rnn_layer_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity);
   return {out.y, out.hT};
 }
 

@@ -75,6 +75,17 @@ Tensors3 indrnn_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&
   return {like(y), like(u), like(h0)};
 }
 
+Tensors2 rnn_fwd_meta(const at::Tensor& gx, const at::Tensor&, const at::Tensor& h0,
+                      const std::optional<at::Tensor>&, bool, c10::string_view) {
+  return {like(gx), like(h0)};
+}
+
+Tensors3 rnn_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor& w_hh,
+                      const at::Tensor& h0, const std::optional<at::Tensor>&, bool,
+                      c10::string_view, const at::Tensor& y) {
+  return {like(y), like(w_hh), like(h0)};
+}
+
 // y [*, n] = x [*, k] W^T + bias, W [n, k] (include/rnnkernels/linear.h).
 at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>&) {
@@ -104,6 +115,12 @@ void define_ops(torch::Library& m) {
   m.def(
       "indrnn_bwd(Tensor grad_y, Tensor grad_hT, Tensor u, Tensor h0, Tensor? lengths, "
       "bool reverse, str nonlinearity, Tensor y) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "rnn_fwd(Tensor gx, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
+      "str nonlinearity) -> (Tensor, Tensor)");
+  m.def(
+      "rnn_bwd(Tensor grad_y, Tensor grad_hT, Tensor w_hh, Tensor h0, Tensor? lengths, "
+      "bool reverse, str nonlinearity, Tensor y) -> (Tensor, Tensor, Tensor)");
   // For the benchmark (include/rnnkernels/peak.h); no tensor to dispatch on: one kernel for all.
   m.def("fma_rate(int rounds) -> float", &rnnkernels::fma_rate);
   // The cpp backend's input projection (rnnkernels/ops/linear.py gives it autograd).
@@ -117,6 +134,8 @@ void cpu_kernels(torch::Library& m) {
   m.impl("gru_bwd", &rnnkernels::gru_bwd);
   m.impl("indrnn_fwd", &rnnkernels::indrnn_fwd);
   m.impl("indrnn_bwd", &rnnkernels::indrnn_bwd);
+  m.impl("rnn_fwd", &rnnkernels::rnn_fwd);
+  m.impl("rnn_bwd", &rnnkernels::rnn_bwd);
   m.impl("linear", &rnnkernels::linear);
 }
 
@@ -127,6 +146,8 @@ void meta_kernels(torch::Library& m) {
   m.impl("gru_bwd", &gru_bwd_meta);
   m.impl("indrnn_fwd", &indrnn_fwd_meta);
   m.impl("indrnn_bwd", &indrnn_bwd_meta);
+  m.impl("rnn_fwd", &rnn_fwd_meta);
+  m.impl("rnn_bwd", &rnn_bwd_meta);
   m.impl("linear", &linear_meta);
 }
 

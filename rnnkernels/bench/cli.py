@@ -115,7 +115,7 @@ def parser(available: list[str], known: list[str]) -> argparse.ArgumentParser:
         "--cells",
         type=_choices(CELLS, "cell"),
         default=list(CELLS),
-        help="comma list of lstm,gru,indrnn (default: all)",
+        help="comma list of lstm,gru,indrnn,rnn (default: all)",
     )
     p.add_argument(
         "--backends",

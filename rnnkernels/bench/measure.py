@@ -30,6 +30,8 @@ def build_case(shape: Shape, dtype, backends: list[str], seed: int = 0, device: 
         ours = rnnkernels.LSTM(shape.input_size, shape.H, proj_size=shape.proj, **common)
     elif shape.cell == "gru":
         ours = rnnkernels.GRU(shape.input_size, shape.H, **common)
+    elif shape.cell == "rnn":
+        ours = rnnkernels.RNN(shape.input_size, shape.H, **common)
     else:
         ours = rnnkernels.IndRNN(shape.input_size, shape.H, **common)
     modules = {"torch": torch_twin(ours)}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CELLS = ("lstm", "gru", "indrnn")
+CELLS = ("lstm", "gru", "indrnn", "rnn")
 MODES = ("fwd", "fwdbwd")
-GATES = {"lstm": 4, "gru": 3, "indrnn": 1}
+GATES = {"lstm": 4, "gru": 3, "indrnn": 1, "rnn": 1}
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ _DEEPBENCH = tuple(
 _SMALL_HIDDEN = tuple(s for h in (40, 64, 128) for s in _both(3000, 6, h, reps=3))
 # IndRNN paper: sequential MNIST (T=784, B=32, H=128) and the adding problem (T=5000, B=50, I=2).
 _INDRNN = (Shape("indrnn", 784, 32, 128, reps=10), Shape("indrnn", 5000, 50, 128, I=2, reps=3))
+# The Elman RNN (nn.RNN, tanh) on CPU: issue 22's speed goals.
+_RNN = (
+    Shape("rnn", 100, 32, 256, reps=10),
+    Shape("rnn", 200, 8, 64, reps=15),
+    Shape("rnn", 100, 1, 256, reps=20),
+)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -107,6 +113,7 @@ PRESETS: dict[str, Preset] = {
             Shape("lstm", 5, 2, 8, reps=1),
             Shape("gru", 5, 2, 8, reps=1),
             Shape("indrnn", 5, 2, 8, reps=1),
+            Shape("rnn", 5, 2, 8, reps=1),
         ),
     ),
     "default": Preset(
@@ -118,6 +125,7 @@ PRESETS: dict[str, Preset] = {
             Shape("gru", 100, 32, 256, reps=10),
             Shape("gru", 200, 8, 64, reps=15),
             Shape("indrnn", 784, 32, 128, reps=3),  # torch's eager-loop backward is slow
+            *_RNN,
         ),
     ),
     "cpu-grid": Preset(
@@ -161,6 +169,7 @@ PRESETS: dict[str, Preset] = {
     "deepbench": Preset("DeepBench-style: T=25, B=16..128, H=512..2048", "cuda", _DEEPBENCH),
     "small-hidden": Preset("small hidden: T=3000 B=6 H=40..128", "cuda", _SMALL_HIDDEN),
     "indrnn": Preset("IndRNN: T=784 B=32 H=128; T=5000 B=50", "cuda", _INDRNN),
+    "rnn": Preset("RNN (tanh): T=100 B=32 H=256; T=200 B=8 H=64; T=100 B=1 H=256", "cpu", _RNN),
     "gpu-goals": Preset(
         "the GPU goals: FlashRNN's, torch's, small hidden, IndRNN",
         "cuda",
@@ -195,7 +204,8 @@ RENAMED_PRESETS = {"issue3": "cpu-grid", "issue6": "gpu-goals"}
 def cell_flops(shape: Shape, mode: str) -> int:
     """FLOPs of the recurrent cell's matrix products (pointwise gate math is not counted).
 
-    With N = sum of sequence lengths (T*B unpadded), G gates (LSTM 4, GRU 3, IndRNN 1), hidden
+    With N = sum of sequence lengths (T*B unpadded), G gates (LSTM 4, GRU 3, IndRNN and RNN 1),
+    hidden
     size H, recurrent width R (proj_size if set, else H), layer input width I_l (I for layer 0,
     D*R above) and D directions, the forward is, summed over layers::
 

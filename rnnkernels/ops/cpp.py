@@ -17,9 +17,11 @@ from types import ModuleType
 import torch
 
 import rnnkernels._C  # noqa: F401  (loading it registers the ops)
+from rnnkernels.backends import SAVES_ACTIVATIONS
 from rnnkernels.ops.gru import op as gru
 from rnnkernels.ops.indrnn import op as indrnn
 from rnnkernels.ops.lstm import op as lstm
+from rnnkernels.ops.rnn import op as rnn
 
 # Our ops take the C++ op's arguments, then these two: the backend, and the selection to check
 # when the op runs (None: nothing to check, as for a backend named on the module).
@@ -44,5 +46,5 @@ def _register_autograd(cell: str, op: ModuleType, saves: bool) -> None:
     )
 
 
-for _cell, _op, _saves in (("lstm", lstm, True), ("gru", gru, True), ("indrnn", indrnn, False)):
-    _register_autograd(_cell, _op, _saves)
+for _cell, _op in (("lstm", lstm), ("gru", gru), ("indrnn", indrnn), ("rnn", rnn)):
+    _register_autograd(_cell, _op, _cell in SAVES_ACTIVATIONS)

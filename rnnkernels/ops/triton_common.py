@@ -36,6 +36,22 @@ def tanh(x):
     return 2 * sigmoid(2 * x) - 1  # libdevice.tanh fails in the interpreter
 
 
+@triton.jit
+def activate(pre, RELU: tl.constexpr):
+    """relu (NaN stays NaN, as in torch.relu) or tanh: the RNN and IndRNN kernels' activation."""
+    if RELU:
+        return tl.maximum(pre, 0, propagate_nan=tl.PropagateNan.ALL)
+    return tanh(pre)
+
+
+@triton.jit
+def activation_grad(d_y, y, RELU: tl.constexpr):
+    """The pre-activation's gradient from d_y and y = activate(pre): relu y > 0, tanh 1 - y^2."""
+    if RELU:
+        return d_y * (y > 0).to(d_y.dtype)
+    return d_y * (1 - y * y)
+
+
 def input_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input_precision for ``dtype``: fp32 follows ``torch.backends.cudnn.allow_tf32``
     (what cuDNN's nn.LSTM / nn.GRU do), everything else is exact."""

@@ -3,8 +3,9 @@
 // package does the same in torch (functional.py).
 //
 // Parameters are torch's, as nn.LSTM / nn.GRU store them (weight_ih_l0, weight_hh_l0, ...), gate
-// orders and equations as in lstm.h, gru.h, indrnn.h. Inputs are time-major: x [T,B,I]. The
-// projection gx = x W_ih^T + b_ih (+ b_hh where it folds: LSTM, IndRNN) is one GEMM over all T.
+// orders and equations as in lstm.h, gru.h, indrnn.h, rnn.h. Inputs are time-major: x [T,B,I]. The
+// projection gx = x W_ih^T + b_ih (+ b_hh where it folds: LSTM, IndRNN, RNN) is one GEMM over
+// all T.
 // lengths [B] (int64, or nullopt for all T valid) and reverse mean what they mean for the cells:
 // sequence b is valid for t < lengths[b], y is 0 past its end and its state is frozen.
 //
@@ -155,6 +156,49 @@ IndRNNLayerGrads indrnn_layer_bwd(
 // Inference: indrnn_layer_fwd's (y [T,B,H], hT [B,H]).
 std::tuple<at::Tensor, at::Tensor> indrnn_layer(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& u,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
+    std::string_view nonlinearity);
+
+// ---- RNN (Elman, nn.RNN): G = 1; act = tanh or relu.
+
+struct RNNLayerOutput {
+  at::Tensor y;   // [T,B,H]  output, zero past each sequence's end (also saved for the backward)
+  at::Tensor hT;  // [B,H]    state after each sequence's last valid step
+};
+
+struct RNNLayerGrads {
+  at::Tensor d_x;     // [T,B,I]
+  at::Tensor d_w_ih;  // [H,I]
+  at::Tensor d_w_hh;  // [H,H]
+  at::Tensor d_b_ih;  // [H], undefined without b_ih
+  at::Tensor d_b_hh;  // [H], undefined without b_hh
+  at::Tensor d_h0;    // [B,H]
+};
+
+// Forward.
+//   x: [T,B,I];  w_ih: [H,I];  w_hh: [H,H];  b_ih, b_hh: [H] or nullopt
+//   h0: [B,H];  lengths: [B] int64 or nullopt;  reverse: run t = T-1 .. 0
+//   nonlinearity: "tanh" or "relu"
+RNNLayerOutput rnn_layer_fwd(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const std::optional<at::Tensor>& b_ih,
+                             const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                             const std::optional<at::Tensor>& lengths, bool reverse,
+                             std::string_view nonlinearity);
+
+// Backward of rnn_layer_fwd.
+//   grad_y: [T,B,H];  grad_hT: [B,H] or nullopt
+//   x ... nonlinearity: as given to rnn_layer_fwd;  out: what it returned
+RNNLayerGrads rnn_layer_bwd(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& grad_hT, const at::Tensor& x,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse, std::string_view nonlinearity,
+    const RNNLayerOutput& out);
+
+// Inference: rnn_layer_fwd's (y [T,B,H], hT [B,H]).
+std::tuple<at::Tensor, at::Tensor> rnn_layer(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
     std::string_view nonlinearity);

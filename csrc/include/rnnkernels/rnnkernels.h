@@ -7,3 +7,4 @@
 #include <rnnkernels/linear.h>
 #include <rnnkernels/lstm.h>
 #include <rnnkernels/peak.h>
+#include <rnnkernels/rnn.h>

@@ -13,10 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnkernels.ops.steps import full_lengths
-from rnnkernels.ops.triton_common import (
-    accumulator_dtype,
-    tanh,
-)
+from rnnkernels.ops.triton_common import accumulator_dtype, activate, activation_grad
 
 
 @triton.jit
@@ -50,10 +47,7 @@ def _indrnn_fwd_kernel(
         keep = (t < length)[:, None]  # [BB, 1]
         step = t.to(tl.int64) * plane
         pre = tl.load(gx_ptr + step + offs, mask=tile, other=0).to(acc_dtype) + u * h
-        if RELU:
-            h_new = tl.maximum(pre, 0, propagate_nan=tl.PropagateNan.ALL)
-        else:
-            h_new = tanh(pre)
+        h_new = activate(pre, RELU)
         tl.store(y_ptr + step + offs, tl.where(keep, h_new, 0).to(y_ptr.dtype.element_ty), tile)
         h = tl.where(keep, h_new, h)
     tl.store(hT_ptr + offs, h.to(hT_ptr.dtype.element_ty), mask=tile)
@@ -96,11 +90,7 @@ def _indrnn_bwd_kernel(
         step = t.to(tl.int64) * plane
         dh_t = dh + tl.load(grad_y_ptr + step + offs, mask=tile, other=0).to(acc_dtype)
         y = tl.load(y_ptr + step + offs, mask=tile, other=0).to(acc_dtype)
-        if RELU:
-            d_pre = dh_t * (y > 0).to(acc_dtype)
-        else:
-            d_pre = dh_t * (1 - y * y)
-        d_pre = tl.where(keep, d_pre, 0)
+        d_pre = tl.where(keep, activation_grad(dh_t, y, RELU), 0)
         tl.store(d_gx_ptr + step + offs, d_pre.to(d_gx_ptr.dtype.element_ty), mask=tile)
         prev = t + 1 if REVERSE else t - 1  # the step h_{t-1} came out of, where valid
         from_y = ((tl.full([BLOCK_B], prev, tl.int32) >= 0) & (prev < length))[:, None]
