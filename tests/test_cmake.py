@@ -20,6 +20,7 @@ import rnnkernels
 from rnnkernels.ops.gru import naive as gru_naive
 from rnnkernels.ops.indrnn import naive as indrnn_naive
 from rnnkernels.ops.lstm import naive as lstm_naive
+from rnnkernels.ops.rnn import naive as rnn_naive
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 900  # seconds per build step: generous, the CI machine may be loaded
@@ -206,25 +207,30 @@ def gru_case(T=5, B=3, I=4, H=6, bias=True, lengths=None, reverse=False, seed=1)
     return "gru", reverse, {**inputs, **grads_out, **expected}, None
 
 
-def indrnn_case(T=6, B=3, I=4, H=5, b_ih=True, b_hh=True, lengths=None, reverse=False,
-                nonlinearity="relu", grad_hT=True, seed=2):  # fmt: skip
+def one_gate_case(cell, T=6, B=3, I=4, H=5, b_ih=True, b_hh=True, lengths=None, reverse=False,
+                  nonlinearity="relu", grad_hT=True, seed=2):  # fmt: skip
+    """IndRNN (recurrent weight u [H]) or RNN (w_hh [H, H]): one gate, both biases in gx."""
     g = torch.Generator().manual_seed(seed)
+    if cell == "indrnn":
+        recurrent = {"u": torch.empty(H, dtype=torch.float64).uniform_(-1.0, 1.0, generator=g)}
+    else:
+        recurrent = {"w_hh": _random(g, H, H, scale=0.4)}
     inputs = dict(
-        x=_random(g, T, B, I), w_ih=_random(g, H, I, scale=0.5),
-        u=torch.empty(H, dtype=torch.float64).uniform_(-1.0, 1.0, generator=g),
+        x=_random(g, T, B, I), w_ih=_random(g, H, I, scale=0.5), **recurrent,
         b_ih=_random(g, H) if b_ih else None, b_hh=_random(g, H) if b_hh else None,
         h0=_random(g, B, H), lengths=None if lengths is None else torch.tensor(lengths),
     )  # fmt: skip
     grads_out = dict(grad_y=_random(g, T, B, H), grad_hT=_random(g, B, H) if grad_hT else None)
+    naive = indrnn_naive.indrnn_fwd if cell == "indrnn" else rnn_naive.rnn_fwd
 
-    def forward(x, w_ih, u, b_ih, b_hh, h0, lengths):
+    def forward(x, w_ih, b_ih, b_hh, h0, lengths, **weight):
         gx = x @ w_ih.T
         gx = gx + b_ih if b_ih is not None else gx
         gx = gx + b_hh if b_hh is not None else gx
-        return indrnn_naive.indrnn_fwd(gx, u, h0, lengths, reverse, nonlinearity)
+        return naive(gx, *weight.values(), h0, lengths, reverse, nonlinearity)
 
     expected = _oracle(forward, inputs, grads_out, ["y", "hT"])
-    return "indrnn", reverse, {**inputs, **grads_out, **expected}, nonlinearity
+    return cell, reverse, {**inputs, **grads_out, **expected}, nonlinearity
 
 
 CASES = {
@@ -235,9 +241,13 @@ CASES = {
     "lstm-nobias-reverse": lambda: lstm_case(b_ih=False, b_hh=False, reverse=True),
     "gru": lambda: gru_case(lengths=[5, 1, 3]),
     "gru-nobias-reverse": lambda: gru_case(bias=False, lengths=[2, 5, 4], reverse=True),
-    "indrnn-relu": lambda: indrnn_case(lengths=[6, 3, 0]),
-    "indrnn-tanh-reverse": lambda: indrnn_case(
-        nonlinearity="tanh", b_ih=False, reverse=True, lengths=[2, 6, 5], grad_hT=False
+    "indrnn-relu": lambda: one_gate_case("indrnn", lengths=[6, 3, 0]),
+    "indrnn-tanh-reverse": lambda: one_gate_case(
+        "indrnn", nonlinearity="tanh", b_ih=False, reverse=True, lengths=[2, 6, 5], grad_hT=False
+    ),  # fmt: skip
+    "rnn-tanh": lambda: one_gate_case("rnn", nonlinearity="tanh", lengths=[6, 3, 0], seed=3),
+    "rnn-relu-reverse": lambda: one_gate_case(
+        "rnn", b_hh=False, reverse=True, lengths=[2, 6, 5], grad_hT=False, seed=4
     ),  # fmt: skip
 }
 

@@ -67,6 +67,32 @@ at::Tensor grad_or_zeros(const std::optional<at::Tensor>& grad, const at::Tensor
   return grad ? *grad : like.new_zeros(like.sizes());
 }
 
+// The forward layers; save=false (the inference calls) keeps no activations (lstm.h, gru.h).
+LSTMLayerOutput lstm_layer_run(const at::Tensor& x, const at::Tensor& w_ih,
+                               const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                               const std::optional<at::Tensor>& b_hh,
+                               const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                               const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+                               bool reverse, bool save) {
+  check_projection("lstm", x, w_ih, w_hh.size(0));
+  check_bias("lstm", "b_ih", b_ih, w_hh.size(0));
+  check_bias("lstm", "b_hh", b_hh, w_hh.size(0));
+  auto [y, hT, cT, gates, cells] =
+      lstm_fwd(project(x, w_ih, b_ih, b_hh), w_hh, w_hr, h0, c0, lengths, reverse, save);
+  return {y, hT, cT, gates, cells};
+}
+
+GRULayerOutput gru_layer_run(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const std::optional<at::Tensor>& b_ih,
+                             const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                             const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
+  check_projection("gru", x, w_ih, w_hh.size(0));
+  check_bias("gru", "b_ih", b_ih, w_hh.size(0));
+  auto [y, hT, gates, hn] =
+      gru_fwd(project(x, w_ih, b_ih, std::nullopt), w_hh, b_hh, h0, lengths, reverse, save);
+  return {y, hT, gates, hn};
+}
+
 }  // namespace
 
 // ---- LSTM
@@ -76,12 +102,7 @@ LSTMLayerOutput lstm_layer_fwd(
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  check_projection("lstm", x, w_ih, w_hh.size(0));
-  check_bias("lstm", "b_ih", b_ih, w_hh.size(0));
-  check_bias("lstm", "b_hh", b_hh, w_hh.size(0));
-  auto [y, hT, cT, gates, cells] =
-      lstm_fwd(project(x, w_ih, b_ih, b_hh), w_hh, w_hr, h0, c0, lengths, reverse);
-  return {y, hT, cT, gates, cells};
+  return lstm_layer_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, true);
 }
 
 LSTMLayerGrads lstm_layer_bwd(
@@ -113,7 +134,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  LSTMLayerOutput out = lstm_layer_fwd(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse);
+  LSTMLayerOutput out =
+      lstm_layer_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, false);
   return {out.y, out.hT, out.cT};
 }
 
@@ -123,11 +145,7 @@ GRULayerOutput gru_layer_fwd(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse) {
-  check_projection("gru", x, w_ih, w_hh.size(0));
-  check_bias("gru", "b_ih", b_ih, w_hh.size(0));
-  auto [y, hT, gates, hn] =
-      gru_fwd(project(x, w_ih, b_ih, std::nullopt), w_hh, b_hh, h0, lengths, reverse);
-  return {y, hT, gates, hn};
+  return gru_layer_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, true);
 }
 
 GRULayerGrads gru_layer_bwd(
@@ -153,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> gru_layer(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse) {
-  GRULayerOutput out = gru_layer_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse);
+  GRULayerOutput out = gru_layer_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, false);
   return {out.y, out.hT};
 }
 

@@ -1,10 +1,11 @@
-// A downstream C++ program: runs whole LSTM, GRU and IndRNN layers forward and backward through
-// rnnkernels' C++ API and checks every output and gradient against numbers the Python package
-// saved (its `reference` oracle, autograd for the gradients; tests/test_cmake.py writes them).
+// A downstream C++ program: runs whole LSTM, GRU, IndRNN and RNN layers forward and backward
+// through rnnkernels' C++ API and checks every output and gradient against numbers the Python
+// package saved (its `reference` oracle, autograd for the gradients; tests/test_cmake.py writes
+// them).
 //
 //   rnnkernels_downstream CASE_FILE...
 //
-// A case file is whitespace-separated text: `cell lstm|gru|indrnn`, `reverse 0|1`,
+// A case file is whitespace-separated text: `cell lstm|gru|indrnn|rnn`, `reverse 0|1`,
 // `nonlinearity relu|tanh`, and `tensor NAME NDIM D0 .. Dn-1 V0 V1 ...` records (fp64 values,
 // row-major; lengths too). Inputs: x w_ih w_hh|u b_ih b_hh w_hr h0 c0 lengths grad_y grad_hT
 // grad_cT; expected: y hT cT d_x d_w_ih d_w_hh|d_u d_b_ih d_b_hh d_w_hr d_h0 d_c0. Absent optional
@@ -205,6 +206,32 @@ int run_indrnn(const Inputs& in, Checker& check) {
   return 0;
 }
 
+int run_rnn(const Inputs& in, Checker& check) {
+  const bool reverse = in.c.reverse;
+  const std::string& act = in.c.nonlinearity;
+  auto out = rnnkernels::rnn_layer_fwd(in["x"], in["w_ih"], in["w_hh"], in.optional("b_ih"),
+                                       in.optional("b_hh"), in["h0"], in.optional("lengths"),
+                                       reverse, act);
+  check("y", out.y);
+  check("hT", out.hT);
+  auto grads = rnnkernels::rnn_layer_bwd(in["grad_y"], in.optional("grad_hT"), in["x"],
+                                         in["w_ih"], in["w_hh"], in.optional("b_ih"),
+                                         in.optional("b_hh"), in["h0"], in.optional("lengths"),
+                                         reverse, act, out);
+  check("d_x", grads.d_x);
+  check("d_w_ih", grads.d_w_ih);
+  check("d_w_hh", grads.d_w_hh);
+  check("d_b_ih", grads.d_b_ih);
+  check("d_b_hh", grads.d_b_hh);
+  check("d_h0", grads.d_h0);
+  auto [y, hT] = rnnkernels::rnn_layer(in["x"], in["w_ih"], in["w_hh"], in.optional("b_ih"),
+                                       in.optional("b_hh"), in["h0"], in.optional("lengths"),
+                                       reverse, act);
+  check("y", y);
+  check("hT", hT);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,6 +255,8 @@ int main(int argc, char** argv) {
           run_gru(in, check);
         } else if (c.cell == "indrnn") {
           run_indrnn(in, check);
+        } else if (c.cell == "rnn") {
+          run_rnn(in, check);
         } else {
           throw std::runtime_error(c.path + ": unknown cell " + c.cell);
         }

@@ -69,7 +69,7 @@ LSTMLayerGrads lstm_layer_bwd(
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     bool reverse, const LSTMLayerOutput& out);
 
-// Inference: lstm_layer_fwd's (y [T,B,R], hT [B,R], cT [B,H]).
+// Inference: lstm_layer_fwd's (y [T,B,R], hT [B,R], cT [B,H]), keeping no activations.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
@@ -111,7 +111,7 @@ GRULayerGrads gru_layer_bwd(
     const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths, bool reverse, const GRULayerOutput& out);
 
-// Inference: gru_layer_fwd's (y [T,B,H], hT [B,H]).
+// Inference: gru_layer_fwd's (y [T,B,H], hT [B,H]), keeping no activations.
 std::tuple<at::Tensor, at::Tensor> gru_layer(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
