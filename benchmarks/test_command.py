@@ -148,7 +148,6 @@ def test_compare_after_a_run(tmp_path, capsys, monkeypatch, keep_threads):
         (["--modes", "bwd"], "unknown mode bwd"),
         (["--shapes", "huge"], "unknown shape preset huge"),
         (["--device", "cpu", "--shapes", "flashrnn"], "'flashrnn' is for --device cuda"),
-        (["--device", "cpu", "--dtype", "bfloat16"], "--dtype bfloat16 is for --device cuda"),
         (["--reps", "0"], "--reps must be >= 1"),
         (["--compare", "missing.json"], "--compare: cannot read missing.json"),
         (["--compare", "a.json", "b.json", "c.json"], "--compare takes OLD.json"),
@@ -157,6 +156,21 @@ def test_compare_after_a_run(tmp_path, capsys, monkeypatch, keep_threads):
 def test_bad_option_exits_2(argv, message, capsys):
     assert bench.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_types_on_cpu(dtype, tmp_path, capsys, monkeypatch, keep_threads):
+    """--dtype bfloat16 / float16 on CPU: our backends and torch's module in that dtype."""
+    monkeypatch.setattr(bench.measure, "peak_rate", lambda *args, **kwargs: (1e11, "test"))
+    argv = ["--device", "cpu", "--shapes", "tiny", "--cells", "gru", "--modes", "fwd"]
+    argv += ["--backends", "cpp", "--reps", "1", "--threads", "1", "--dtype", dtype]
+    if rnnkernels.backends.why_unavailable("cpp") is not None:
+        pytest.skip(rnnkernels.backends.why_unavailable("cpp"))
+    assert bench.main([*argv, "--out", str(tmp_path)]) == 0
+    (js,) = tmp_path.glob(f"bench-*-cpu-{dtype}.json")
+    rows = json.loads(js.read_text())["rows"]
+    assert {row["provider"] for row in rows} == {"torch", "cpp"}
+    assert all(row["ms"] > 0 for row in rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -30,6 +30,7 @@ from rnnkernels.ops.indrnn.op import indrnn_fwd
 from rnnkernels.ops.linear import linear as cpp_linear
 from rnnkernels.ops.lstm.op import lstm_fwd
 from rnnkernels.ops.rnn.op import rnn_fwd
+from rnnkernels.ops.steps import FLOAT_SAVING_BACKENDS
 from rnnkernels.validation import (
     autocast_dtype,
     check_call,
@@ -300,7 +301,10 @@ def _stack(
             index = layer * D + d
             states = tuple(h[index] for h in hx)
             w = layer_weights[index]
-            ours = own_gemm and 2 * x.numel() * w.weight_ih.shape[0] >= _OWN_GEMM_FLOPS
+            # float16 always: torch's float16 GEMM on CPU is not vectorised (csrc/cpu/linear.cpp)
+            ours = own_gemm and (
+                x.dtype == torch.float16 or 2 * x.numel() * w.weight_ih.shape[0] >= _OWN_GEMM_FLOPS
+            )
             project = cpp_linear if ours else F.linear
             gx = layout.padded(project(x, w.weight_ih, w.input_bias()))  # one GEMM, all steps
             y, final = direction(gx, states, w, lengths, d == 1, name, selection)
@@ -417,6 +421,9 @@ class _Autocast(NamedTuple):
 
     y: torch.dtype  # the output's dtype
     states: tuple[torch.dtype, ...]  # h_n's (LSTM: h_n's, c_n's)
+    # what the recurrence runs in on cpp / numba: bf16 under CPU bf16 autocast (their bf16
+    # kernels keep the state in fp32; the step GEMMs take bf16 operands with AVX512_BF16), else fp32
+    half: torch.dtype = torch.float32
 
     @staticmethod
     def of(cell: str, layout: _Layout, hx: tuple[Tensor, ...], proj: bool) -> _Autocast | None:
@@ -434,31 +441,36 @@ class _Autocast(NamedTuple):
             return None
         given = functools.reduce(torch.promote_types, [h.dtype for h in hx])  # (zeros: x's)
         low, kept = dtype, torch.promote_types(given, dtype)
+        half = dtype if layout.x.device.type == "cpu" and dtype == torch.bfloat16 else torch.float32
         if layout.x.device.type == "cuda":
             low = kept = torch.float16
         if cell in ("rnn", "indrnn"):
-            return _Autocast(low, (low,))
+            return _Autocast(low, (low,), half)
         if cell == "gru":
-            return _Autocast(kept, (kept,))
+            return _Autocast(kept, (kept,), half)
         if proj:  # h = (o * tanh(c)) W_hr^T is a GEMM; c is a sum
-            return _Autocast(low, (low, kept))
+            return _Autocast(low, (low, kept), half)
         if layout.packed is not None:
-            return _Autocast(kept, (kept, kept))
-        return _Autocast(low, (low, low))
+            return _Autocast(kept, (kept, kept), half)
+        return _Autocast(low, (low, low), half)
 
     def recurrence(self, direction: Direction) -> Direction:
-        """``direction`` on fp32 ``gx``, states and recurrent weights, with autocast off inside:
-        the kernels run in fp32 (the backend was resolved for fp32, _describe), and no torch op
-        within them (the reference loop's GEMMs, for one) is cast behind their back."""
+        """``direction`` on ``gx``, states and recurrent weights cast to fp32 (on cpp / numba
+        under bf16 autocast on CPU: to bf16, ``half``), with autocast off inside: the kernels run
+        in fp32, or in their bf16 form, which keeps the state and the pointwise math in fp32 (the
+        backend was resolved for fp32, _describe, and both backends run both), and no torch op
+        within them (the reference loop's GEMMs, for one) is cast behind their back. The casts
+        are differentiable: fp32 master weights get fp32 gradients."""
 
         def run(gx, states, w, lengths, reverse, backend, selection):
+            dtype = self.half if backend in FLOAT_SAVING_BACKENDS else torch.float32
             recurrent = {
-                name: tensor.float()
+                name: tensor.to(dtype)
                 for name, tensor in w._asdict().items()
                 if name != "weight_ih" and tensor is not None
             }
             with torch.autocast(gx.device.type, enabled=False):
-                return direction(gx.float(), tuple(h.float() for h in states),
+                return direction(gx.to(dtype), tuple(h.to(dtype) for h in states),
                                  w._replace(**recurrent), lengths, reverse, backend,
                                  selection)  # fmt: skip
 

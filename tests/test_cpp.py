@@ -109,8 +109,10 @@ def test_rejects_unknown_nonlinearity_and_dtype(cell):
     fwd = getattr(kernels("cpp", cell), f"{cell}_fwd")
     with pytest.raises(RuntimeError, match=f"{cell}: nonlinearity must be 'relu' or 'tanh'"):
         fwd(gx, w_hh, h0, None, False, "sigmoid")
-    with pytest.raises(RuntimeError, match="float32 and float64"):
-        fwd(gx.half(), w_hh.half(), h0.half(), None, False, "relu")
+    with pytest.raises(RuntimeError, match="float32, float64, bfloat16 and float16 are supported"):
+        fwd(gx.int(), w_hh.int(), h0.int(), None, False, "relu")
+    with pytest.raises(RuntimeError, match="all tensors must share one dtype"):
+        fwd(gx.half(), w_hh, h0.half(), None, False, "relu")
 
 
 @pytest.mark.parametrize("lengths", [None, "mixed"], ids=["full", "mixed"])
@@ -181,6 +183,7 @@ def test_module_inference_calls_the_cpp_op_directly(cell, monkeypatch):
 
 # --- ISA dispatch (csrc/cpu/panel_gemm.h) --------------------------------------------------------
 
+# float32 GEMM paths; avx512bf16 runs float32 GEMMs as avx512 does (its bfloat16 path: test_half.py)
 ISAS = ["avx512", "avx2", "blas"]
 
 
@@ -206,13 +209,15 @@ def test_isa_variable_is_checked(monkeypatch):
         monkeypatch.setenv("RNNKERNELS_CPU_ISA", value)
         assert torch.equal(torch.ops.rnnkernels_cpp.linear(x, w, None), torch.full((2, 4), 3.0))
     monkeypatch.setenv("RNNKERNELS_CPU_ISA", "avx")
-    with pytest.raises(ValueError, match="RNNKERNELS_CPU_ISA must be one of auto, avx512, avx2"):
+    with pytest.raises(
+        ValueError, match="RNNKERNELS_CPU_ISA must be one of auto, avx512bf16, avx512, avx2, blas"
+    ):
         torch.ops.rnnkernels_cpp.linear(x, w, None)
     for cell in ("lstm", "gru"):
         args = layer_args(cell, 2, 2, 3, dtype=torch.float32)
         with pytest.raises(ValueError, match="RNNKERNELS_CPU_ISA must be one of"):
             getattr(kernels("cpp", cell), f"{cell}_fwd")(*args)
-    for isa in ("avx512", "avx2"):
+    for isa in ("avx512bf16", "avx512", "avx2"):
         monkeypatch.setenv("RNNKERNELS_CPU_ISA", isa)
         try:
             assert torch.equal(torch.ops.rnnkernels_cpp.linear(x, w, None), torch.full((2, 4), 3.0))

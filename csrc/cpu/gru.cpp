@@ -96,12 +96,12 @@ template <typename scalar_t>
 void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* b_hh,
                 const scalar_t* h0, const std::vector<int64_t>& len, bool reverse, scalar_t* y,
                 scalar_t* hT, scalar_t* gates, scalar_t* hn, scalar_t* gh, int64_t T, int64_t B,
-                int64_t H, bool save) {
+                int64_t H, bool save, bool bf16) {
   FlushDenormals flush;
   const int64_t G = 3 * H;
   std::memcpy(hT, h0, B * H * sizeof(scalar_t));  // the running state lives in hT
   OneBlasThread one_blas_thread(!split_step_gemm(B, G, H, sizeof(scalar_t)));
-  const StepWeight<scalar_t> recurrent(w_hh, true, B, G, H);  // h W_hh^T
+  const StepWeight<scalar_t> recurrent(w_hh, true, B, G, H, bf16);  // h W_hh^T
   auto step = b_hh ? step_fwd<scalar_t, true> : step_fwd<scalar_t, false>;
   for_batch_chunks(len, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = 0; s < T; ++s) {
@@ -134,14 +134,14 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
                 const scalar_t* y, const scalar_t* gates, const scalar_t* hn, scalar_t* d_gx,
                 scalar_t* d_w_hh, scalar_t* d_b_hh, scalar_t* d_h0, scalar_t* d_hn,
                 scalar_t* d_gh, scalar_t* h_prev_buf, scalar_t* saved_dh, int64_t T, int64_t B,
-                int64_t H) {
+                int64_t H, bool bf16, bool w_hh_grad) {
   FlushDenormals flush;
   const int64_t G = 3 * H, BH = B * H;
   std::vector<double> d_b_rows(bias ? B * G : 0, 0.0);  // [B,3H] per-row sums of d_gh
   std::memcpy(d_h0, grad_hT, BH * sizeof(scalar_t));    // the running dL/dh lives in d_h0
   auto step = bias ? step_bwd<scalar_t, true> : step_bwd<scalar_t, false>;
   OneBlasThread one_blas_thread(!split_step_gemm(B, G, H, sizeof(scalar_t)));
-  const StepWeight<scalar_t> recurrent(w_hh, false, B, H, G);  // d_gh W_hh
+  const StepWeight<scalar_t> recurrent(w_hh, false, B, H, G, bf16);  // d_gh W_hh
   for_batch_chunks(len, G * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
       const int64_t t = reverse ? T - 1 - s : s;
@@ -183,7 +183,8 @@ void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t*
     gemm(true, false, H, H, rows_, scalar_t(1), d_hn + row_begin * H, H, h_prev, H, beta,
          d_w_hh + 2 * H * H, H);
   };
-  if (T * B == 0) {
+  if (!w_hh_grad) {  // the caller's (gru_bwd: a bfloat16 GEMM)
+  } else if (T * B == 0) {
     std::fill_n(d_w_hh, G * H, scalar_t(0));
   } else if (!reverse) {  // h_prev = [h0; y[:-1]]
     d_w_hh_from(h0, 0, B, scalar_t(0));
@@ -230,8 +231,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd(
     const at::Tensor& gx_in, const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_hh_in,
     const at::Tensor& h0_in, const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
   check_layer(gx_in, 3, w_hh_in, b_hh_in, h0_in, "gx");
-  const at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous(), h0 = h0_in.contiguous();
-  const at::Tensor b_hh = has(b_hh_in) ? b_hh_in->contiguous() : at::Tensor();
+  const at::ScalarType io = gx_in.scalar_type();  // bfloat16, float16: run in float (common.h)
+  const at::Tensor gx = as_float(gx_in), w_hh = as_float(w_hh_in), h0 = as_float(h0_in);
+  const at::Tensor b_hh = has(b_hh_in) ? as_float(*b_hh_in) : at::Tensor();
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "gru");
   at::Tensor y = gx.new_empty({T, B, H});          // [T,B,H]
@@ -246,11 +248,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_fwd(
                          b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr,
                          h0.data_ptr<scalar_t>(), len, reverse, y.data_ptr<scalar_t>(),
                          hT.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-                         hn.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), T, B, H, save);
+                         hn.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), T, B, H, save,
+                         io == at::kBFloat16);
   };
   gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  if (!save) return {y, hT, gx.new_empty({0, B, 3 * H}), gx.new_empty({0, B, H})};
-  return {y, hT, gates, hn};
+  if (!save)  // the activations with 0 steps (float, as kept: gru.h)
+    return {to_io(y, io), to_io(hT, io), gx.new_empty({0, B, 3 * H}), gx.new_empty({0, B, H})};
+  return {to_io(y, io), to_io(hT, io), gates, hn};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bwd(
@@ -258,7 +262,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bwd(
     const std::optional<at::Tensor>& b_hh_in, const at::Tensor& h0_in,
     const std::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& y_in,
     const at::Tensor& gates_in, const at::Tensor& hn_in) {
-  check_layer(gates_in, 3, w_hh_in, b_hh_in, h0_in, "gates");
+  check_layer(y_in, 1, w_hh_in, b_hh_in, h0_in, "y");
+  const at::ScalarType io = y_in.scalar_type();
+  check_saved_float({&gates_in, &hn_in}, io, "gru: gates and hn");
+  TORCH_CHECK(gates_in.dim() == 3 && gates_in.size(0) == y_in.size(0) &&
+                  gates_in.size(1) == y_in.size(1) && gates_in.size(2) == 3 * y_in.size(2),
+              "rnnkernels gru: gates must be [T,B,3H] as gru_fwd returns them, got ",
+              gates_in.sizes());
   const at::IntArrayRef state = h0_in.sizes();
   const std::vector<int64_t> seq{gates_in.size(0), state[0], state[1]};
   for (const at::Tensor* t : {&grad_y_in, &y_in, &hn_in})
@@ -266,11 +276,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bwd(
                 at::IntArrayRef(seq), ", got ", t->sizes());
   TORCH_CHECK(grad_hT_in.sizes() == state, "rnnkernels gru: grad_hT must be ", state, ", got ",
               grad_hT_in.sizes());
-  check_float_cpu({&gates_in, &grad_y_in, &grad_hT_in, &y_in, &hn_in}, "gru");
-  const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
-  const at::Tensor w_hh = w_hh_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
+  check_float_cpu({&y_in, &grad_y_in, &grad_hT_in}, "gru");
+  const at::Tensor grad_y = as_float(grad_y_in), grad_hT = as_float(grad_hT_in);
+  const at::Tensor w_hh = as_float(w_hh_in), h0 = as_float(h0_in), y = as_float(y_in);
   const at::Tensor gates = gates_in.contiguous(), hn = hn_in.contiguous();
   const bool bias = has(b_hh_in);
+  const bool bf16 = bf16_gemms(io);  // d_w_hh by a bfloat16 GEMM
   const int64_t T = y.size(0), B = y.size(1), H = y.size(2);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "gru");
   at::Tensor d_gx = y.new_empty({T, B, 3 * H});                  // [T,B,3H]
@@ -289,10 +300,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bwd(
                          hn.data_ptr<scalar_t>(), d_gx.data_ptr<scalar_t>(),
                          d_w_hh.data_ptr<scalar_t>(), d_b_hh.data_ptr<scalar_t>(),
                          d_h0.data_ptr<scalar_t>(), d_hn.data_ptr<scalar_t>(), d_gh.data_ptr<scalar_t>(),
-                         h_prev.data_ptr<scalar_t>(), saved_dh.data_ptr<scalar_t>(), T, B, H);
+                         h_prev.data_ptr<scalar_t>(), saved_dh.data_ptr<scalar_t>(), T, B, H,
+                         io == at::kBFloat16, !bf16);
   };
   y.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  return {d_gx, d_w_hh, d_b_hh, d_h0};
+  const at::Tensor d_gx_io = to_io(d_gx, io);
+  if (bf16) {  // d_w_hh = d_gh^T h_prev, d_gh = d_gx's r, z columns and d_hn, rounded
+    at::Tensor d_gh_all = d_gx_io.clone();
+    d_gh_all.narrow(2, 2 * H, H).copy_(d_hn);
+    const at::Tensor h_prev_io =
+        previous_states(y_in.contiguous(), h0_in.contiguous(), len, reverse);
+    d_w_hh = d_gh_all.view({T * B, 3 * H}).t().mm(h_prev_io.view({T * B, H}));
+  }
+  return {d_gx_io, to_io(d_w_hh, io), to_io(d_b_hh, io), to_io(d_h0, io)};
 }
 
 }  // namespace v0

@@ -150,7 +150,8 @@ std::tuple<at::Tensor, at::Tensor> indrnn_fwd(
     const std::optional<at::Tensor>& lengths, bool reverse, std::string_view nonlinearity) {
   check_layer(gx_in, u_in, h0_in, "gx");
   const Act act = parse_act(nonlinearity, "indrnn");
-  const at::Tensor gx = gx_in.contiguous(), u = u_in.contiguous(), h0 = h0_in.contiguous();
+  const at::ScalarType io = gx_in.scalar_type();  // bfloat16, float16: run in float (common.h)
+  const at::Tensor gx = as_float(gx_in), u = as_float(u_in), h0 = as_float(h0_in);
   const int64_t T = gx.size(0), B = gx.size(1), H = gx.size(2);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "indrnn");
   at::Tensor y = gx.new_empty({T, B, H});  // [T,B,H]
@@ -163,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> indrnn_fwd(
            y.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), T, B, H);
   };
   gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  return {y, hT};
+  return {to_io(y, io), to_io(hT, io)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd(
@@ -178,8 +179,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd(
   TORCH_CHECK(grad_y_in.device().is_cpu() && grad_hT_in.device().is_cpu(),
               "rnnkernels indrnn (cpp): tensors must be on the CPU");
   const Act act = parse_act(nonlinearity, "indrnn");
-  const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
-  const at::Tensor u = u_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
+  const at::ScalarType io = y_in.scalar_type();
+  const at::Tensor grad_y = as_float(grad_y_in), grad_hT = as_float(grad_hT_in);
+  const at::Tensor u = as_float(u_in), h0 = as_float(h0_in), y = as_float(y_in);
   const int64_t T = y.size(0), B = y.size(1), H = y.size(2);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "indrnn");
   at::Tensor d_gx = y.new_empty({T, B, H});  // [T,B,H]
@@ -195,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> indrnn_bwd(
            H);
   };
   y.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  return {d_gx, d_u, d_h0};
+  return {to_io(d_gx, io), to_io(d_u, io), to_io(d_h0, io)};
 }
 
 }  // namespace v0

@@ -91,16 +91,27 @@ void panel_linear(CpuGemm isa, const at::Tensor& x, const at::Tensor& weight,
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias) {
   check_linear(x, weight, bias);
+  // bfloat16 on the avx512bf16 path: torch's GEMM (oneDNN's AVX512_BF16 one: 162 GFLOP/s wall,
+  // 185 CPU time, to our float kernel's 106, on x [3200,256] W^T [256,1024], one Zen 4 core),
+  // through the BLAS path below. Our bf16_block on x's rows as pairs was tried: 177-181 GFLOP/s
+  // (d_x = grad W: 207-211, torch's 206-210; CPU time, load 7), no faster, so not kept. Other
+  // half-type calls: the float GEMM on float copies (torch's float16 GEMM on CPU is not
+  // vectorised: 9.8 GFLOP/s), the result rounded once.
+  const at::ScalarType io = x.scalar_type();
+  if (is_half(io) && !(io == at::kBFloat16 && cpu_gemm() == CpuGemm::avx512bf16)) {
+    const std::optional<at::Tensor> b = bias ? std::optional(bias->to(at::kFloat)) : std::nullopt;
+    return linear(x.to(at::kFloat), weight.to(at::kFloat), b).to(io);
+  }
   const int64_t k = weight.size(1), n = weight.size(0);
   std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
   sizes.back() = n;
   const int64_t N = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  const at::Tensor x2 = x.reshape({N, k}).contiguous();  // [N,k]
+  const at::Tensor x2 = x.reshape({N, k});  // [N,k]; torch's GEMMs take it strided (d_W's x^T)
 #ifdef RNNKERNELS_PANEL_GEMM
   const CpuGemm isa = x.scalar_type() == at::kFloat ? cpu_gemm() : CpuGemm::blas;
   if (isa != CpuGemm::blas) {
     at::Tensor y = x2.new_empty({N, n});
-    if (y.numel() > 0) panel_linear(isa, x2, weight, bias, y);
+    if (y.numel() > 0) panel_linear(isa, x2.contiguous(), weight, bias, y);
     return y.view(sizes);
   }
 #endif

@@ -117,9 +117,10 @@ void run_chunks(const Pass& pass, bool forward) {
   const int64_t B = pass.B, H = pass.H, R = pass.R, G = 4 * H;
   FlushDenormals flush;
   const OneBlasThread one_blas_thread(!split_step_gemm(B, G, R, sizeof(scalar_t)));
-  const StepWeight<scalar_t> recurrent(pass.w_hh, forward, B, forward ? G : R, forward ? R : G);
+  const StepWeight<scalar_t> recurrent(pass.w_hh, forward, B, forward ? G : R, forward ? R : G,
+                                       pass.bf16);
   const StepWeight<scalar_t> projection(pass.w_hr, forward, proj ? B : 0, forward ? R : H,
-                                        forward ? H : R);
+                                        forward ? H : R, pass.bf16);
   for_batch_chunks(pass.len, G * R * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     pass.template steps<proj>(recurrent, projection, b0, b1);
   });
@@ -132,6 +133,7 @@ struct Fwd {
   const std::vector<int64_t>& len;
   int64_t T, B, H, R;
   bool reverse, save;  // save: gates and cells kept for every step, else one step's, reused
+  bool bf16;           // a bfloat16 layer: bfloat16 step GEMM operands where the CPU has them
 
   int64_t slot(int64_t t) const { return save ? t : 0; }  // where step t's gates and cells go
 
@@ -196,6 +198,7 @@ struct Bwd {
   const std::vector<int64_t>& len;
   int64_t T, B, H, R;
   bool reverse;
+  bool bf16;  // a bfloat16 layer: bfloat16 step GEMM operands where the CPU has them
 
   template <bool proj>
   void rows(int64_t t, const scalar_t* c_prev, int64_t b_begin, int64_t b_end) const {
@@ -303,6 +306,10 @@ void check_layer(const at::Tensor& x, int64_t G_of_x, const at::Tensor& w_hh,
   if (proj) check_float_cpu({&x, &*w_hr}, "lstm");
 }
 
+at::Tensor as_float(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? detail::as_float(*t) : at::Tensor();
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
@@ -312,9 +319,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
   TORCH_CHECK(gx_in.dim() == 3, "rnnkernels lstm: gx must be [T,B,4H], got ", gx_in.sizes());
   check_layer(gx_in, gx_in.size(2), w_hh_in, w_hr_in, h0_in, c0_in);
   const bool proj = w_hr_in.has_value() && w_hr_in->defined();
-  const at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const at::Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
-  const at::Tensor w_hr = proj ? w_hr_in->contiguous() : at::Tensor();
+  const at::ScalarType io = gx_in.scalar_type();  // bfloat16, float16: run in float (common.h)
+  const at::Tensor gx = as_float(gx_in), w_hh = as_float(w_hh_in);
+  const at::Tensor h0 = as_float(h0_in), c0 = as_float(c0_in), w_hr = as_float(w_hr_in);
   const int64_t T = gx.size(0), B = gx.size(1), H = c0.size(1), R = h0.size(1);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "lstm");
   at::Tensor y = gx.new_empty({T, B, R});          // [T,B,R]
@@ -343,12 +350,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd(
                           H,
                           R,
                           reverse,
-                          save};
+                          save,
+                          io == at::kBFloat16};
     proj ? f.template run<true>() : f.template run<false>();
   };
   gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  if (!save) return {y, hT, cT, gx.new_empty({0, B, 4 * H}), gx.new_empty({0, B, H})};
-  return {y, hT, cT, gates, cells};
+  if (!save)  // the activations with 0 steps (float, as kept: lstm.h)
+    return {to_io(y, io), to_io(hT, io), to_io(cT, io), gx.new_empty({0, B, 4 * H}),
+            gx.new_empty({0, B, H})};
+  return {to_io(y, io), to_io(hT, io), to_io(cT, io), gates, cells};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
@@ -367,13 +377,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
   TORCH_CHECK(grad_y_in.sizes() == y_in.sizes() && grad_hT_in.sizes() == h0_in.sizes() &&
                   grad_cT_in.sizes() == c0_in.sizes(),
               "rnnkernels lstm: grad_y / grad_hT / grad_cT must match y / h0 / c0 in shape");
-  check_float_cpu({&y_in, &grad_y_in, &grad_hT_in, &grad_cT_in, &gates_in, &cells_in}, "lstm");
-  const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
-  const at::Tensor grad_cT = grad_cT_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const at::Tensor w_hr = proj ? w_hr_in->contiguous() : at::Tensor();
-  const at::Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), y = y_in.contiguous();
+  check_float_cpu({&y_in, &grad_y_in, &grad_hT_in, &grad_cT_in}, "lstm");
+  const at::ScalarType io = y_in.scalar_type();
+  check_saved_float({&gates_in, &cells_in}, io, "lstm: gates and cells");
+  const at::Tensor grad_y = as_float(grad_y_in), grad_hT = as_float(grad_hT_in);
+  const at::Tensor grad_cT = as_float(grad_cT_in), w_hh = as_float(w_hh_in);
+  const at::Tensor w_hr = as_float(w_hr_in);
+  const at::Tensor h0 = as_float(h0_in), c0 = as_float(c0_in), y = as_float(y_in);
   const at::Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous();
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "lstm");
+  const bool bf16 = bf16_gemms(io);  // the weight gradients by a bfloat16 GEMM
   const bool lengths_given = lengths.has_value() && lengths->defined();
   at::Tensor d_gx = y.new_empty({T, B, 4 * H});                // [T,B,4H]
   at::Tensor d_w_hh = y.new_empty({4 * H, R});                 // [4H,R]
@@ -409,8 +422,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
                           B,
                           H,
                           R,
-                          reverse};
+                          reverse,
+                          io == at::kBFloat16};
     proj ? b.template run<true>() : b.template run<false>();
+    if (bf16) return;  // the weight gradients below, in bfloat16
     FlushDenormals flush;
     weight_grads(d_gx.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), len,
                  lengths_given, reverse, T, B, H, R, d_w_hh.data_ptr<scalar_t>(),
@@ -424,7 +439,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
     }
   };
   y.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  return {d_gx, d_w_hh, d_w_hr, d_h0, d_c0};
+  const at::Tensor d_gx_io = to_io(d_gx, io);
+  if (bf16) {  // by torch's bfloat16 GEMM, on d_gx rounded (bf16_gemms, panel_gemm.h)
+    const at::Tensor h_prev = previous_states(y_in.contiguous(), h0_in.contiguous(), len, reverse);
+    d_w_hh = d_gx_io.view({T * B, 4 * H}).t().mm(h_prev.view({T * B, R}));
+    if (proj)  // d_w_hr = dh_t^T (o * tanh c) over all T*B rows
+      d_w_hr = to_io(dh_t, io).view({T * B, R}).t().mm(to_io(hidden, io).view({T * B, H}));
+  }
+  return {d_gx_io, to_io(d_w_hh, io), to_io(d_w_hr, io), to_io(d_h0, io), to_io(d_c0, io)};
 }
 
 }  // namespace v0

@@ -33,8 +33,14 @@
 // default (step_weight.h), expected to be faster there than this kernel and not measurable here:
 // an explicit choice, which RNNKERNELS_CPU_ISA overrides.
 //
+// bfloat16 layers (docs/design.md, "Mixed precision"): on a CPU with AVX512_BF16 their step GEMMs
+// take bfloat16 operands (bf16_block: vdpbf16ps, W packed in pairs along k, A rounded per call);
+// on the other paths the float kernels on the layer's weights converted to float.
+//
 // RNNKERNELS_CPU_ISA (read at every call, so a test can set it): unset, empty or "auto" = the
-// choice above; "avx512" / "avx2" = our kernel for that ISA (an error where the CPU lacks it);
+// choice above (avx512bf16 on a non-Intel CPU with AVX512_BF16); "avx512bf16" = the AVX-512 kernel
+// and the bfloat16 one for bfloat16 layers; "avx512" / "avx2" = our float kernel for that ISA (an
+// error where the CPU lacks it);
 // "blas" = no kernel of ours (the step GEMMs use MKL's packed GEMM where libtorch exports it, else
 // plain BLAS gemm; the input projection is torch's addmm). Anything else is an error. Only the
 // GEMMs follow it: the pointwise loops pick their ISA by themselves (RNNKERNELS_MULTIVERSION).
@@ -51,6 +57,7 @@
 #include <cstring>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #if __has_include(<sys/mman.h>)
 #include <sys/mman.h>  // madvise
@@ -65,13 +72,19 @@ namespace rnnkernels {
 inline namespace v0 {
 namespace detail {
 
-enum class CpuGemm { blas, avx2, avx512 };
+// avx512bf16: the AVX-512 kernel for float GEMMs, and bfloat16 operands (vdpbf16ps) for the step
+// GEMMs of bfloat16 layers; every other path runs a bfloat16 layer's GEMMs on float operands.
+enum class CpuGemm { blas, avx2, avx512, avx512bf16 };
 
 #ifdef RNNKERNELS_PANEL_GEMM
-// What the CPU runs: AVX-512 (F), AVX2 with FMA, or neither.
+// What the CPU runs: AVX-512 (F) and its BF16 dot product, AVX2 with FMA, or neither.
 inline bool cpu_has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
+}
+inline bool cpu_has_avx512bf16() {
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 }
 inline bool cpu_has_avx2() {
   __builtin_cpu_init();
@@ -85,10 +98,18 @@ inline CpuGemm cpu_gemm() {
   const std::string_view forced = env ? env : "";
 #ifdef RNNKERNELS_PANEL_GEMM
   static const CpuGemm automatic = [] {
-    if (cpu_has_avx512()) return __builtin_cpu_is("intel") ? CpuGemm::blas : CpuGemm::avx512;
+    if (cpu_has_avx512()) {
+      if (__builtin_cpu_is("intel")) return CpuGemm::blas;
+      return cpu_has_avx512bf16() ? CpuGemm::avx512bf16 : CpuGemm::avx512;
+    }
     return cpu_has_avx2() ? CpuGemm::avx2 : CpuGemm::blas;
   }();
   if (forced.empty() || forced == "auto") return automatic;
+  if (forced == "avx512bf16") {
+    TORCH_CHECK_VALUE(cpu_has_avx512bf16(),
+                      "RNNKERNELS_CPU_ISA=avx512bf16, but this CPU has no AVX512_BF16");
+    return CpuGemm::avx512bf16;
+  }
   if (forced == "avx512") {
     TORCH_CHECK_VALUE(cpu_has_avx512(),
                       "RNNKERNELS_CPU_ISA=avx512, but this CPU has no AVX-512 (avx512f)");
@@ -100,12 +121,21 @@ inline CpuGemm cpu_gemm() {
   }
 #else
   if (forced.empty() || forced == "auto") return CpuGemm::blas;
-  TORCH_CHECK_VALUE(forced != "avx512" && forced != "avx2", "RNNKERNELS_CPU_ISA=", forced,
-                    ": this build has no x86-64 kernels");
+  TORCH_CHECK_VALUE(forced != "avx512bf16" && forced != "avx512" && forced != "avx2",
+                    "RNNKERNELS_CPU_ISA=", forced, ": this build has no x86-64 kernels");
 #endif
-  TORCH_CHECK_VALUE(forced == "blas", "RNNKERNELS_CPU_ISA must be one of auto, avx512, avx2, ",
-                    "blas; got '", forced, "'");
+  TORCH_CHECK_VALUE(forced == "blas",
+                    "RNNKERNELS_CPU_ISA must be one of auto, avx512bf16, avx512, avx2, blas; got '",
+                    forced, "'");
   return CpuGemm::blas;
+}
+
+// Whether a layer of dtype io runs its large GEMMs (input projection, weight gradients) in
+// bfloat16 by torch's GEMM (oneDNN's AVX512_BF16 kernel: 162 GFLOP/s on one Zen 4 core, where
+// MKL's float sgemm runs at ~90 and our float kernel at ~106): a bfloat16 layer on the
+// avx512bf16 path. Elsewhere they run in float on float copies.
+inline bool bf16_gemms(c10::ScalarType io) {
+  return io == c10::ScalarType::BFloat16 && cpu_gemm() == CpuGemm::avx512bf16;
 }
 
 #ifdef RNNKERNELS_PANEL_GEMM
@@ -114,6 +144,26 @@ inline CpuGemm cpu_gemm() {
 // accumulate, C is never read (it may hold NaN).
 using Block = void (*)(int64_t k, const float* a, int64_t lda, const float* panel,
                        const float* init, bool accumulate, float* c, int64_t ldc, int64_t cols);
+
+// C[R, :cols] = acc (+ C when accumulate), for the AVX-512 blocks.
+template <int R>
+__attribute__((target("avx512f"))) inline void avx512_store(const __m512 (&acc)[R][4],
+                                                             bool accumulate, float* c,
+                                                             int64_t ldc, int64_t cols) {
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const int64_t left = cols - 16 * v;
+      if (left <= 0) break;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      __m512 out = acc[r][v];
+      if (accumulate) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, cr + 16 * v));
+      _mm512_mask_storeu_ps(cr + 16 * v, m, out);
+    }
+  }
+}
 
 // AVX-512: R = 1..6 rows x 64 columns. The accumulators are an array that the unrolled loops
 // keep in registers; R is a template argument so blocks of fewer rows (B=1, a chunk's last rows)
@@ -143,19 +193,72 @@ __attribute__((target("avx512f"))) void avx512_block(int64_t k, const float* a, 
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
     }
   }
+  avx512_store<R>(acc, accumulate, c, ldc, cols);
+}
+
+// bfloat16 operands, for vdpbf16ps (AVX512_BF16), which adds the products of a pair of bfloat16
+// to each float lane: A's rows and the panels hold pairs along k as 32-bit words (low half the
+// even k), odd k padded with 0; k2 = the pairs. The block walks 6 rows x 64 columns as the float
+// one, two k a step: half the instructions (Zen 4 runs vdpbf16ps at the FMA's rate).
+template <int R>
+__attribute__((target("avx512f,avx512bf16"))) void bf16_block(int64_t k2, const float* a_words,
+                                                               int64_t lda, const float* panel,
+                                                               const float* init, bool accumulate,
+                                                               float* c, int64_t ldc,
+                                                               int64_t cols) {
+  static_assert(R >= 1 && R <= 6);
+  constexpr int V = 4, W = 16 * V;
+  const auto* a = reinterpret_cast<const int*>(a_words);
+  __m512 acc[R][V];
 #pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    float* cr = c + r * ldc;
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      const int64_t left = cols - 16 * v;
-      if (left <= 0) break;
-      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-      __m512 out = acc[r][v];
-      if (accumulate) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, cr + 16 * v));
-      _mm512_mask_storeu_ps(cr + 16 * v, m, out);
+    for (int v = 0; v < V; ++v)
+      acc[r][v] = init ? _mm512_load_ps(init + 16 * v) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < k2; ++i) {
+    const float* p = panel + i * W;
+    __m512bh b[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) b[v] = (__m512bh)_mm512_load_si512(p + 16 * v);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(a[r * lda + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, b[v]);
     }
   }
+  avx512_store<R>(acc, accumulate, c, ldc, cols);
+}
+
+// out[0, (n+1)/2) = x[0, n) rounded to bfloat16 (to nearest even) as pairs along n (the layout
+// of bf16_block's A and panels), the last pair padded with 0 for odd n.
+__attribute__((target("avx512f,avx512bf16"))) inline void bf16_pairs(const float* x, int64_t n,
+                                                                      float* out) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512(out + i / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16),
+                                                                  _mm512_loadu_ps(x + i)));
+  if (i == n) return;
+  const int64_t left = n - i, words = (left + 1) / 2;
+  auto mask = [](int64_t m) { return m >= 16 ? __mmask16(0xffff) : __mmask16((1u << m) - 1); };
+  const __m512 lo = _mm512_maskz_loadu_ps(mask(left), x + i);
+  const __m512 hi = _mm512_maskz_loadu_ps(mask(std::max<int64_t>(left - 16, 0)), x + i + 16);
+  _mm512_mask_storeu_epi32(out + i / 2, mask(words), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+// The panel words of k-pair i2 for `cols` (<= 16) columns: W[2 i2][j] in the low half, W[2 i2 +
+// 1][j] (0 where hi is null: odd k) in the high half. lo, hi: the two rows of W [k,n] at the
+// panel's column.
+__attribute__((target("avx512f,avx512bf16"))) inline void bf16_pairs_of_rows(const float* lo,
+                                                                              const float* hi,
+                                                                              int64_t cols,
+                                                                              float* out) {
+  const __mmask16 m = cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1);
+  const __m512 l = _mm512_maskz_loadu_ps(m, lo);
+  const __m512 h = hi ? _mm512_maskz_loadu_ps(m, hi) : _mm512_setzero_ps();
+  const __m512i lw = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(l));
+  const __m512i hw = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(h));
+  _mm512_mask_storeu_epi32(out, m, _mm512_or_si512(lw, _mm512_slli_epi32(hw, 16)));
 }
 
 // AVX2 + FMA: R = 1..4 rows x 24 columns. The accumulators are named, row by row, not an array:
@@ -225,6 +328,10 @@ inline constexpr MicroKernel kAvx512{64,
                                      6,
                                      {nullptr, avx512_block<1>, avx512_block<2>, avx512_block<3>,
                                       avx512_block<4>, avx512_block<5>, avx512_block<6>}};
+inline constexpr MicroKernel kAvx512Bf16{64,
+                                         6,
+                                         {nullptr, bf16_block<1>, bf16_block<2>, bf16_block<3>,
+                                          bf16_block<4>, bf16_block<5>, bf16_block<6>}};
 inline constexpr MicroKernel kAvx2{
     24, 4, {nullptr, avx2_block<1>, avx2_block<2>, avx2_block<3>, avx2_block<4>, nullptr, nullptr}};
 
@@ -305,12 +412,20 @@ __attribute__((target("avx2"))) inline void transpose8x8(const float* in, int64_
 // op(W) (and a bias) packed for one micro-kernel. op(W) = W^T with W [n,k] (trans), else W
 // [k,n]; ld is W's row stride. Packing is split over torch's pool from 128 KiB of panels. W^T is
 // packed by 8x8 transposes (a scalar loop writing a panel column at a time ran at ~5 GB/s,
-// 0.18 ms for a 1 MB W, as long as a 100-row GEMM with it); W by row copies.
+// 0.18 ms for a 1 MB W, as long as a 100-row GEMM with it); W by row copies. With bf16 (isa
+// avx512bf16 only), W rounded to bfloat16 pairs for bf16_block: gemm() then takes A as pairs too
+// (bf16_pairs), its k the pairs.
 class PackedPanels {
  public:
   PackedPanels(CpuGemm isa, const float* w, bool trans, int64_t ld, int64_t n, int64_t k,
-               const float* bias = nullptr)
-      : mk_(isa == CpuGemm::avx512 ? kAvx512 : kAvx2), n_(n), k_(k) {
+               const float* bias = nullptr, bool bf16 = false)
+      : mk_(bf16 ? kAvx512Bf16 : isa == CpuGemm::avx2 ? kAvx2 : kAvx512),
+        n_(n),
+        k_(bf16 ? (k + 1) / 2 : k),
+        k_in_(k) {
+    TORCH_CHECK(!bf16 || isa == CpuGemm::avx512bf16,
+                "rnnkernels: bfloat16 panels need the avx512bf16 GEMM path");
+    k = k_;  // the panels' rows: k, or its pairs
     const int64_t width = mk_.width, panels = this->panels();
     const int64_t panel_floats = k * width, bias_floats = bias ? panels * width : 0;
     bytes_ = size_t(panels * panel_floats + bias_floats) * 4 + 64;
@@ -326,8 +441,12 @@ class PackedPanels {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t col = p * width, cols = std::min(width, n - col);
         if (cols < width) std::fill_n(data_ + p * panel_floats, panel_floats, 0.f);
-        if (trans) pack_transposed(w + col * ld, ld, cols, data_ + p * panel_floats);
+        if (bf16)
+          pack_bf16(w, trans, ld, col, cols, data_ + p * panel_floats);
+        else if (trans)
+          pack_transposed(w + col * ld, ld, cols, data_ + p * panel_floats);
       }
+      if (bf16) return;
       // W [k,n]: panel row i is columns [col, col + cols) of row i of W. 16 rows of W at a time
       // across the panels: one panel at a time down all k rows read W ld floats apart (a new
       // page every row for large W: 4.6 ms for a 16 MB W).
@@ -378,8 +497,30 @@ class PackedPanels {
       for (int64_t i = 0; i < k_; ++i) panel[i * width + j] = w[j * ld + i];
   }
 
+  // The panel of columns [col, col + cols) in bfloat16 pairs along k (bf16_block's layout).
+  __attribute__((target("avx512f,avx512bf16"))) void pack_bf16(const float* w, bool trans,
+                                                               int64_t ld, int64_t col,
+                                                               int64_t cols, float* panel) const {
+    const int64_t width = mk_.width;
+    if (trans) {  // a row of W at a time into pairs, then down the panel's column
+      std::vector<float> pairs(k_ + 16);
+      for (int64_t j = 0; j < cols; ++j) {
+        bf16_pairs(w + (col + j) * ld, k_in_, pairs.data());
+        for (int64_t i = 0; i < k_; ++i) panel[i * width + j] = pairs[i];
+      }
+      return;
+    }
+    for (int64_t i = 0; i < k_; ++i) {  // W [k,n]: rows 2i and 2i + 1, 16 columns at a time
+      const float* lo = w + 2 * i * ld + col;
+      const float* hi = 2 * i + 1 < k_in_ ? lo + ld : nullptr;
+      for (int64_t j = 0; j < cols; j += 16)
+        bf16_pairs_of_rows(lo + j, hi ? hi + j : nullptr, std::min<int64_t>(16, cols - j),
+                           panel + i * width + j);
+    }
+  }
+
   const MicroKernel& mk_;
-  int64_t n_, k_;
+  int64_t n_, k_, k_in_;  // k_: the panels' rows (k, or its pairs), k_in_: W's k
   size_t bytes_;
   float* data_ = nullptr;  // the panels, then the padded bias
   float* bias_ = nullptr;

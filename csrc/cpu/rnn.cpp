@@ -51,11 +51,11 @@ RNNKERNELS_MULTIVERSION void step_bwd(const scalar_t* __restrict__ grad_y,
 template <typename scalar_t, Act act>
 void fwd_kernel(const scalar_t* gx, const scalar_t* w_hh, const scalar_t* h0,
                 const std::vector<int64_t>& len, bool reverse, scalar_t* y, scalar_t* hT,
-                scalar_t* gh, int64_t T, int64_t B, int64_t H) {
+                scalar_t* gh, int64_t T, int64_t B, int64_t H, bool bf16) {
   FlushDenormals flush;
   std::memcpy(hT, h0, B * H * sizeof(scalar_t));  // the running state lives in hT
   OneBlasThread one_blas_thread(!split_step_gemm(B, H, H, sizeof(scalar_t)));
-  const StepWeight<scalar_t> recurrent(w_hh, true, B, H, H);  // h W_hh^T
+  const StepWeight<scalar_t> recurrent(w_hh, true, B, H, H, bf16);  // h W_hh^T
   for_batch_chunks(len, H * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
@@ -79,12 +79,12 @@ template <typename scalar_t, Act act>
 void bwd_kernel(const scalar_t* grad_y, const scalar_t* grad_hT, const scalar_t* w_hh,
                 const scalar_t* h0, const std::vector<int64_t>& len, bool reverse,
                 const scalar_t* y, scalar_t* d_gx, scalar_t* d_h0, scalar_t* saved_dh, int64_t T,
-                int64_t B, int64_t H) {
+                int64_t B, int64_t H, bool bf16) {
   FlushDenormals flush;
   const int64_t BH = B * H;
   std::memcpy(d_h0, grad_hT, BH * sizeof(scalar_t));  // the running dL/dh lives in d_h0
   OneBlasThread one_blas_thread(!split_step_gemm(B, H, H, sizeof(scalar_t)));
-  const StepWeight<scalar_t> recurrent(w_hh, false, B, H, H);  // d_pre W_hh
+  const StepWeight<scalar_t> recurrent(w_hh, false, B, H, H, bf16);  // d_pre W_hh
   for_batch_chunks(len, H * H * sizeof(scalar_t), [&](int64_t b0, int64_t b1) {
     for (int64_t s = T - 1; s >= 0; --s) {  // the forward's visiting order, backwards
       const int64_t t = reverse ? T - 1 - s : s;
@@ -158,7 +158,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd(
     const std::optional<at::Tensor>& lengths, bool reverse, std::string_view nonlinearity) {
   check_layer(gx_in, w_hh_in, h0_in, "gx");
   const Act act = parse_act(nonlinearity, "rnn");
-  const at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous(), h0 = h0_in.contiguous();
+  const at::ScalarType io = gx_in.scalar_type();  // bfloat16, float16: run in float (common.h)
+  const at::Tensor gx = as_float(gx_in), w_hh = as_float(w_hh_in), h0 = as_float(h0_in);
   const int64_t T = gx.size(0), B = gx.size(1), H = gx.size(2);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "rnn");
   at::Tensor y = gx.new_empty({T, B, H});  // [T,B,H]
@@ -170,10 +171,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd(
         act == Act::relu ? fwd_kernel<scalar_t, Act::relu> : fwd_kernel<scalar_t, Act::tanh>;
     kernel(gx.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), len,
            reverse, y.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), T,
-           B, H);
+           B, H, io == at::kBFloat16);
   };
   gx.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  return {y, hT};
+  return {to_io(y, io), to_io(hT, io)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_bwd(
@@ -185,8 +186,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_bwd(
               "rnnkernels rnn: grad_y / grad_hT must match y / h0 in shape");
   check_float_cpu({&y_in, &grad_y_in, &grad_hT_in}, "rnn");
   const Act act = parse_act(nonlinearity, "rnn");
-  const at::Tensor grad_y = grad_y_in.contiguous(), grad_hT = grad_hT_in.contiguous();
-  const at::Tensor w_hh = w_hh_in.contiguous(), h0 = h0_in.contiguous(), y = y_in.contiguous();
+  const at::ScalarType io = y_in.scalar_type();
+  const at::Tensor grad_y = as_float(grad_y_in), grad_hT = as_float(grad_hT_in);
+  const at::Tensor w_hh = as_float(w_hh_in), h0 = as_float(h0_in), y = as_float(y_in);
   const int64_t T = y.size(0), B = y.size(1), H = y.size(2);
   const std::vector<int64_t> len = valid_lengths(lengths, T, B, "rnn");
   const bool lengths_given = has(lengths);
@@ -202,14 +204,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_bwd(
     kernel(grad_y.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
            h0.data_ptr<scalar_t>(), len, reverse, y.data_ptr<scalar_t>(),
            d_gx.data_ptr<scalar_t>(), d_h0.data_ptr<scalar_t>(), saved_dh.data_ptr<scalar_t>(),
-           T, B, H);
+           T, B, H, io == at::kBFloat16);
     // the GEMM over all T*B rows threads as BLAS does (no OneBlasThread here)
     weight_grad(d_gx.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), len,
                 lengths_given, reverse, T, B, H, d_w_hh.data_ptr<scalar_t>(),
                 h_prev.data_ptr<scalar_t>());
   };
   y.scalar_type() == at::kFloat ? run(float{}) : run(double{});
-  return {d_gx, d_w_hh, d_h0};
+  return {to_io(d_gx, io), to_io(d_w_hh, io), to_io(d_h0, io)};
 }
 
 }  // namespace v0

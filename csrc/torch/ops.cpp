@@ -30,14 +30,21 @@ at::Tensor grad_or_empty(const std::optional<at::Tensor>& weight, const at::Tens
 
 at::Tensor like(const at::Tensor& t) { return t.new_empty_symint(t.sym_sizes()); }
 
+// The activations a forward saves (gates, cells, hn): float for a bfloat16 or float16 layer,
+// which the kernels run in float (csrc/cpu/common.h), else the layer's dtype.
+at::TensorOptions saved(const at::Tensor& gx) {
+  const at::ScalarType t = gx.scalar_type();
+  return gx.options().dtype(t == at::kBFloat16 || t == at::kHalf ? at::kFloat : t);
+}
+
 Tensors5 lstm_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::optional<at::Tensor>&,
                        const at::Tensor& h0, const at::Tensor& c0,
                        const std::optional<at::Tensor>&, bool, bool save) {
   const c10::SymInt T = gx.sym_size(0), B = gx.sym_size(1), R = h0.sym_size(1), H = c0.sym_size(1);
   const c10::SymInt kept = save ? T : c10::SymInt(0);
   return {gx.new_empty_symint({T, B, R}), gx.new_empty_symint({B, R}),
-          gx.new_empty_symint({B, H}), gx.new_empty_symint({kept, B, H * 4}),
-          gx.new_empty_symint({kept, B, H})};
+          gx.new_empty_symint({B, H}), gx.new_empty_symint({kept, B, H * 4}, saved(gx)),
+          gx.new_empty_symint({kept, B, H}, saved(gx))};
 }
 
 Tensors5 lstm_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -45,7 +52,8 @@ Tensors5 lstm_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                        const at::Tensor& h0, const at::Tensor& c0,
                        const std::optional<at::Tensor>&, bool, const at::Tensor& y,
                        const at::Tensor& gates, const at::Tensor&) {
-  return {like(gates), like(w_hh), grad_or_empty(w_hr, y), like(h0), like(c0)};
+  return {y.new_empty_symint(gates.sym_sizes()), like(w_hh), grad_or_empty(w_hr, y), like(h0),
+          like(c0)};
 }
 
 Tensors4 gru_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -54,14 +62,15 @@ Tensors4 gru_fwd_meta(const at::Tensor& gx, const at::Tensor&, const std::option
   const c10::SymInt T = gx.sym_size(0), B = gx.sym_size(1), H = h0.sym_size(1);
   const c10::SymInt kept = save ? T : c10::SymInt(0);
   return {gx.new_empty_symint({T, B, H}), gx.new_empty_symint({B, H}),
-          gx.new_empty_symint({kept, B, H * 3}), gx.new_empty_symint({kept, B, H})};
+          gx.new_empty_symint({kept, B, H * 3}, saved(gx)),
+          gx.new_empty_symint({kept, B, H}, saved(gx))};
 }
 
 Tensors4 gru_bwd_meta(const at::Tensor&, const at::Tensor&, const at::Tensor& w_hh,
                       const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
                       const std::optional<at::Tensor>&, bool, const at::Tensor& y,
                       const at::Tensor& gates, const at::Tensor&) {
-  return {like(gates), like(w_hh), grad_or_empty(b_hh, y), like(h0)};
+  return {y.new_empty_symint(gates.sym_sizes()), like(w_hh), grad_or_empty(b_hh, y), like(h0)};
 }
 
 Tensors2 indrnn_fwd_meta(const at::Tensor& gx, const at::Tensor&, const at::Tensor& h0,

@@ -7,10 +7,11 @@ of ``F.linear`` when the cpp backend runs a call, and every layer op still takes
 as the layer ops are (``layer_op.define_layer_op``), so torch.compile, torch.func's reverse-mode
 transforms and higher-order gradients run through it. Backward: d_x = grad W by the same C++ GEMM
 (W read transposed in place), d_W = grad^T x and d_bias by torch (MKL's sgemm and a sum: our
-kernel for d_W measured no faster, csrc/cpu/linear.cpp); all three differentiable, so the
-backward is differentiated as it stands. vmap folds a vmapped x into its rows (the op takes any
-leading dims) and runs a vmapped weight or bias one sample at a time. Forward mode raises, as the
-layer ops after it do.
+kernel for d_W measured no faster, csrc/cpu/linear.cpp; for bfloat16 / float16, d_W by the C++
+op too, which picks the GEMM for the dtype: torch's float16 GEMM on CPU is not vectorised); all
+three differentiable, so the backward is differentiated as it stands. vmap folds a vmapped x into
+its rows (the op takes any leading dims) and runs a vmapped weight or bias one sample at a time.
+Forward mode raises, as the layer ops after it do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rnnkernels.ops.layer_op import define_layer_op
+from rnnkernels.ops.steps import HALF_TYPES
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -45,7 +47,11 @@ def _backward(ctx, grad_y):
     # the C++ op itself unless this backward is differentiated (it then needs linear's formula)
     d_x_gemm = linear if torch.is_grad_enabled() else torch.ops.rnnkernels_cpp.linear
     d_x = d_x_gemm(grad_y, weight.t(), None) if need_x else None
-    d_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if need_weight else None
+    d_weight = None
+    if need_weight and x.dtype in HALF_TYPES:  # the C++ op's GEMM for the dtype (linear.cpp)
+        d_weight = d_x_gemm(rows.t(), x.reshape(-1, x.shape[-1]).t(), None)
+    elif need_weight:
+        d_weight = rows.t() @ x.reshape(-1, x.shape[-1])
     d_bias = rows.sum(0) if ctx.has_bias and need_bias else None
     return d_x, d_weight, d_bias
 

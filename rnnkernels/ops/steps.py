@@ -7,8 +7,70 @@ ends early simply keeps its initial state until its own last step is reached.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
+
+HALF_TYPES = (torch.bfloat16, torch.float16)
+# The backends that run a half-type layer on float32 kernels and keep its saved activations
+# (gates, cells / hn) in float32 (docs/design.md, "Mixed precision"; csrc/cpu/common.h).
+FLOAT_SAVING_BACKENDS = ("cpp", "numba")
+
+
+def saved_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
+    """The dtype of the activations a forward of ``dtype`` saves for its backward on
+    ``backend``: float32 for a half type on the CPU backends, else ``dtype``."""
+    return torch.float32 if dtype in HALF_TYPES and backend in FLOAT_SAVING_BACKENDS else dtype
+
+
+def formulas_in_saved_dtype(
+    formulas: Callable[..., tuple], layer: torch.dtype, saved: torch.dtype, *args: Any
+) -> tuple:
+    """A differentiable backward (the reference formulas, ``naive.<cell>_bwd``) of a layer of
+    dtype ``layer`` whose saved activations are of the wider ``saved`` (a half-type layer on cpp /
+    numba: ``saved_dtype``): run on every floating tensor of ``args`` cast to ``saved`` (the casts
+    differentiable), the gradients cast back to ``layer``. No cast for any other layer."""
+    if saved == layer:
+        return formulas(*args)
+    wide = [a.to(saved) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+    return tuple(g.to(layer) for g in formulas(*wide))
+
+
+class FloatKernels:
+    """A backend's float32 kernels of one cell, run for its half-type (bfloat16, float16) calls:
+    the numba backend's (docs/design.md, section 5). The tensors of the layer's dtype are
+    converted to float32 at the call, the outputs rounded back, but for the saved activations
+    (gates, cells / hn), which stay float32 as the cpp backend keeps them (``saved_dtype``).
+    Other dtypes pass through untouched."""
+
+    _ROUNDED_OUTPUTS = {"lstm": 3, "gru": 2, "indrnn": 2, "rnn": 2}  # y and the final states
+
+    def __init__(self, module: Any, cell: str) -> None:
+        self._module = module
+        setattr(self, f"{cell}_fwd", self._wrap(getattr(module, f"{cell}_fwd"),
+                                                self._ROUNDED_OUTPUTS[cell]))  # fmt: skip
+        setattr(self, f"{cell}_bwd", self._wrap(getattr(module, f"{cell}_bwd"), None))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    @staticmethod
+    def _wrap(kernel: Callable[..., tuple], rounded: int | None) -> Callable[..., tuple]:
+        """``kernel`` converting at the boundary; ``rounded``: how many leading outputs return in
+        the layer's dtype (None: all, the gradients of a backward)."""
+
+        def run(*args: Any) -> tuple:
+            io = args[0].dtype  # gx, or grad_y: the layer's dtype
+            if io not in HALF_TYPES:
+                return kernel(*args)
+            outputs = kernel(*(a.float() if isinstance(a, Tensor) and a.dtype == io else a
+                               for a in args))  # fmt: skip
+            n = len(outputs) if rounded is None else rounded
+            return tuple(o.to(io) if i < n else o for i, o in enumerate(outputs))
+
+        return run
 
 
 def zeros_for_none(*pairs: tuple[Tensor | None, Tensor]) -> tuple[Tensor, ...]:

@@ -1,4 +1,4 @@
-// rnnkernels GRU layer kernels: public C++ API (CPU, fp32/fp64).
+// rnnkernels GRU layer kernels: public C++ API (CPU, fp32/fp64/bf16/fp16).
 //
 // One layer, one direction, time-major padded layout, torch's gate order r, z, n and its
 // "linear before reset" form (b_hn inside r * (...)). Step:
@@ -8,6 +8,8 @@
 // Sequence b is valid for t < lengths[b]; past its end its state is frozen and y is 0.
 // reverse=true visits t = T-1 .. 0, so each sequence starts at its own last valid step from h0
 // (PackedSequence semantics). Outputs are freshly allocated.
+// bfloat16 / float16: every tensor in that dtype, computed in float; gates and hn (saved for the
+// backward) are float, and gru_bwd takes them so.
 #pragma once
 
 #include <ATen/core/Tensor.h>

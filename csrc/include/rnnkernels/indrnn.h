@@ -1,4 +1,4 @@
-// rnnkernels IndRNN layer kernels: public C++ API (CPU, fp32/fp64).
+// rnnkernels IndRNN layer kernels: public C++ API (CPU, fp32/fp64/bf16/fp16).
 //
 // One layer, one direction, time-major padded layout. Step: h_t = act(gx_t + u * h_{t-1}),
 // act = relu or tanh. Sequence b is valid for t < lengths[b]; past its end its state is frozen

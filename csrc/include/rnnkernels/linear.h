@@ -1,4 +1,4 @@
-// rnnkernels input projection: public C++ API (CPU, fp32/fp64).
+// rnnkernels input projection: public C++ API (CPU, fp32/fp64/bf16/fp16).
 //
 // y = x W^T + bias, F.linear's contract: the GEMM over all time steps that computes a layer's gx
 // before its recurrence (the whole-layer calls of layer.h use it, and so does the Python cpp
@@ -6,7 +6,9 @@
 // kernel of the step GEMMs, csrc/cpu/panel_gemm.h, with the bias fused; RNNKERNELS_CPU_ISA
 // chooses as there), each output element summed by one thread in a fixed order, so the result is
 // bitwise reproducible for any thread count; denormals are flushed while it runs. double, and
-// float under RNNKERNELS_CPU_ISA=blas or without AVX2, is torch's addmm / mm.
+// float under RNNKERNELS_CPU_ISA=blas or without AVX2, is torch's addmm / mm. bfloat16 on the
+// avx512bf16 path: torch's bfloat16 GEMM; other bfloat16 / float16: the float GEMM on float
+// copies, rounded once.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// rnnkernels LSTM layer kernels: public C++ API (CPU, fp32/fp64).
+// rnnkernels LSTM layer kernels: public C++ API (CPU, fp32/fp64/bf16/fp16).
 //
 // One layer, one direction, time-major padded layout, torch's gate order i, f, g, o. Step:
 //   [i f g o] = gx_t + h_{t-1} W_hh^T;  i, f, o = sigmoid;  g = tanh
@@ -6,6 +6,8 @@
 // Sequence b is valid for t < lengths[b]; past its end its state is frozen and y is 0.
 // reverse=true visits t = T-1 .. 0, so each sequence starts at its own last valid step from h0
 // (PackedSequence semantics). R = P with projection, else H. Outputs are freshly allocated.
+// bfloat16 / float16: every tensor in that dtype, computed in float (accumulation, state, cell,
+// pointwise); gates and cells (saved for the backward) are float, and lstm_bwd takes them so.
 #pragma once
 
 #include <ATen/core/Tensor.h>

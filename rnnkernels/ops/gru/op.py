@@ -13,7 +13,13 @@ from torch import Tensor
 from rnnkernels.backends import check_selection, kernels
 from rnnkernels.ops.gru import naive
 from rnnkernels.ops.layer_op import define_layer_op
-from rnnkernels.ops.steps import absent_grad, differentiable_backward, zeros_for_none
+from rnnkernels.ops.steps import (
+    absent_grad,
+    differentiable_backward,
+    formulas_in_saved_dtype,
+    saved_dtype,
+    zeros_for_none,
+)
 
 
 def _gru_fwd(
@@ -54,11 +60,12 @@ def gru_bwd(
 def _fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend, selection=None):
     """Output shapes of gru_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[1]
+    saved = saved_dtype(gx.dtype, backend)
     return (
         gx.new_empty(T, B, H),
         gx.new_empty(B, H),
-        gx.new_empty(T, B, 3 * H),
-        gx.new_empty(T, B, H),
+        gx.new_empty(T, B, 3 * H, dtype=saved),
+        gx.new_empty(T, B, H, dtype=saved),
     )
 
 
@@ -66,7 +73,7 @@ def _fwd_fake(gx, w_hh, b_hh, h0, lengths, reverse, backend, selection=None):
 def _bwd_fake(grad_y, grad_hT, w_hh, b_hh, h0, lengths, reverse, y, gates, hn, backend):
     """Output shapes of gru_bwd."""
     return (
-        gates.new_empty(gates.shape),
+        gates.new_empty(gates.shape, dtype=y.dtype),
         w_hh.new_empty(w_hh.shape),
         b_hh.new_empty(b_hh.shape) if b_hh is not None else absent_grad(y),
         h0.new_empty(h0.shape),
@@ -87,7 +94,10 @@ def _backward(ctx, grad_y, grad_hT, grad_gates, grad_hn):
     grad_y, grad_hT = zeros_for_none((grad_y, y), (grad_hT, h0))
     args = (grad_y, grad_hT, w_hh, b_hh, h0, lengths, ctx.reverse, y, gates, hn)
     if differentiable_backward(grad_gates, grad_hn):
-        d_gx, d_w_hh, d_b_hh, d_h0 = naive.gru_bwd(*args, grad_gates, grad_hn)
+        # (a half-type layer's saved activations are float32: its formulas run in float32)
+        d_gx, d_w_hh, d_b_hh, d_h0 = formulas_in_saved_dtype(
+            naive.gru_bwd, y.dtype, hn.dtype, *args, grad_gates, grad_hn
+        )
     else:
         d_gx, d_w_hh, d_b_hh, d_h0 = gru_bwd(*args, ctx.backend)
     return d_gx, d_w_hh, d_b_hh if b_hh is not None else None, d_h0, None, None, None, None

@@ -13,7 +13,13 @@ from torch import Tensor
 from rnnkernels.backends import check_selection, kernels
 from rnnkernels.ops.layer_op import define_layer_op
 from rnnkernels.ops.lstm import naive
-from rnnkernels.ops.steps import absent_grad, differentiable_backward, zeros_for_none
+from rnnkernels.ops.steps import (
+    absent_grad,
+    differentiable_backward,
+    formulas_in_saved_dtype,
+    saved_dtype,
+    zeros_for_none,
+)
 
 
 def _lstm_fwd(
@@ -58,12 +64,13 @@ def _fwd_fake(gx, w_hh, w_hr, h0, c0, lengths, reverse, backend, selection=None)
     """Output shapes of lstm_fwd."""
     T, B, H = gx.shape[0], gx.shape[1], c0.shape[1]
     R = h0.shape[1]
+    saved = saved_dtype(gx.dtype, backend)
     return (
         gx.new_empty(T, B, R),
         gx.new_empty(B, R),
         gx.new_empty(B, H),
-        gx.new_empty(T, B, 4 * H),
-        gx.new_empty(T, B, H),
+        gx.new_empty(T, B, 4 * H, dtype=saved),
+        gx.new_empty(T, B, H, dtype=saved),
     )
 
 
@@ -73,7 +80,7 @@ def _bwd_fake(
 ):
     """Output shapes of lstm_bwd."""
     return (
-        gates.new_empty(gates.shape),
+        gates.new_empty(gates.shape, dtype=y.dtype),
         w_hh.new_empty(w_hh.shape),
         w_hr.new_empty(w_hr.shape) if w_hr is not None else absent_grad(y),
         h0.new_empty(h0.shape),
@@ -97,7 +104,10 @@ def _backward(ctx, grad_y, grad_hT, grad_cT, grad_gates, grad_cells):
     grad_y, grad_hT, grad_cT = zeros_for_none((grad_y, y), (grad_hT, h0), (grad_cT, c0))
     args = (grad_y, grad_hT, grad_cT, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, cells)
     if differentiable_backward(grad_gates, grad_cells):
-        d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = naive.lstm_bwd(*args, grad_gates, grad_cells)
+        # (a half-type layer's saved activations are float32: its formulas run in float32)
+        d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = formulas_in_saved_dtype(
+            naive.lstm_bwd, y.dtype, cells.dtype, *args, grad_gates, grad_cells
+        )
     else:
         d_gx, d_w_hh, d_w_hr, d_h0, d_c0 = lstm_bwd(*args, ctx.backend)
     return d_gx, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0, None, None, None, None
