@@ -34,7 +34,7 @@ DTYPES = [torch.bfloat16, torch.float16]
 # The GEMM paths of a half-type layer; avx512bf16 is the only one with bfloat16 operands.
 ISAS = ["avx512bf16", "avx512", "avx2", "blas"]
 BACKENDS = [*(f"cpp/{isa}" for isa in ISAS), "numba"]
-CELLS = ["lstm", "lstm_proj", "gru", "indrnn"]
+CELLS = ["lstm", "lstm_proj", "gru", "indrnn", "rnn"]
 
 
 def use(backend, monkeypatch):
@@ -56,6 +56,8 @@ def make(cell, dtype, backend, layers=1, bidirectional=False, seed=0):
     flags = dict(num_layers=layers, bidirectional=bidirectional, backend=backend)
     if cell == "indrnn":
         module = rnnkernels.IndRNN(I, H, nonlinearity="tanh", **flags)
+    elif cell == "rnn":
+        module = rnnkernels.RNN(I, H, nonlinearity="relu", **flags)
     elif cell == "gru":
         module = rnnkernels.GRU(I, H, **flags)
     else:
@@ -129,7 +131,16 @@ def test_converted_module(backend, cell, dtype, layers, bidirectional, packed, m
 
 LAYER_GRID = grid(
     {
-        "cell": ["lstm", "lstm_proj", "gru", "gru_nobias", "indrnn_relu", "indrnn_tanh"],
+        "cell": [
+            "lstm",
+            "lstm_proj",
+            "gru",
+            "gru_nobias",
+            "indrnn_relu",
+            "indrnn_tanh",
+            "rnn_relu",
+            "rnn_tanh",
+        ],
         "dtype": DTYPES,
         "lengths": [None, "mixed"],
         "reverse": [False, True],
@@ -146,6 +157,10 @@ def test_layer_ops(cell, dtype, lengths, reverse, isa, monkeypatch):
     the dtype, the saved activations (gates, cells / hn) in float32, every gradient in the dtype,
     against the float64 oracle on the same rounded arguments and cotangents."""
     use(f"cpp/{isa}", monkeypatch)
+    if cell == "rnn_relu" and isa == "avx512bf16" and dtype == torch.bfloat16:
+        # bfloat16 step-GEMM operands move pre-activations near 0 across relu's kink, where the
+        # gradient jumps by its whole value against the float64 oracle (tanh runs this path)
+        pytest.skip("relu's kink: bfloat16 step operands are compared by the module grid")
     base = cell.split("_")[0]
     variant = VARIANTS.get(cell, cell.partition("_")[2] or None)
     layer_ops_match_oracle(base, layer_args(base, 11, 6, 13, variant, lengths, reverse), dtype)
@@ -203,7 +218,7 @@ def test_saved_activations_must_be_float32(dtype):
     with pytest.raises(RuntimeError, match="gates and cells must be Float CPU tensors"):
         torch.ops.rnnkernels_cpp.lstm_bwd(*grads, *args[1:], y, gates.to(dtype), cells)
     utils = ("test_schema", "test_faketensor")
-    for cell in ("lstm", "gru", "indrnn"):
+    for cell in ("lstm", "gru", "indrnn", "rnn"):
         cell_args = layer_args(cell, 4, 2, 3, None, "mixed", True, dtype)
         torch.library.opcheck(getattr(torch.ops.rnnkernels_cpp, f"{cell}_fwd"), cell_args,
                               test_utils=utils)  # fmt: skip
@@ -252,7 +267,7 @@ def test_linear(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=value_id)
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "rnn"])
 def test_auto_never_runs_the_reference_loop(cell, dtype, monkeypatch):
     """auto runs a half-type CPU call on a compiled backend (cpp here, else numba), and raises,
     naming why each cannot, where none can: never the reference loop, silently."""
