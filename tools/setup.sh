@@ -11,4 +11,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${pip[@]}" "torch==2.13.0"  # the CPU wheel; plain "torch" would pull a multi-GB CUDA build
 fi
 "${pip[@]}" setuptools wheel ninja
-"${pip[@]}" --no-build-isolation -e ".[test,bench,numba,triton]"
+"${pip[@]}" --no-build-isolation -e ".[test,bench,numba,triton,examples]"
