@@ -38,7 +38,7 @@ from rnnkernels.validation import (
     check_nonlinearity,
     reported,
 )
-from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights, RNNWeights
+from rnnkernels.weights import WEIGHTS, GRUWeights, IndRNNWeights, LSTMWeights
 
 # From this many FLOPs (2 * rows * I * G*H) the cpp backend computes gx with its own GEMM
 # (ops/linear.py); below, the Python autograd layer of that op (~55 us a training call, ~5 us in
@@ -139,21 +139,9 @@ def rnn(
     plain tuple ``(weight_ih, weight_hh, bias_ih, bias_hh)``), None for absent biases (see
     ``lstm``). Returns ``output, h_n``."""
     reported(lambda: check_nonlinearity(nonlinearity))
-    states = None if hx is None else (hx,)
-    reported(lambda: check_call("rnn", input, states, weights, hidden_size, num_layers,
-                                bidirectional, batch_first, input_size, None))  # fmt: skip
-
-    def direction(gx, states, w: RNNWeights, lengths, reverse, backend, selection):
-        y, hT = _forward("rnn", gx, w.weight_hh, states[0], lengths, reverse, nonlinearity,
-                         backend=backend, selection=selection)  # fmt: skip
-        return y, (hT,)
-
-    output, states = _stack(
-        "rnn", direction, input, states, (hidden_size,), weights,
-        num_layers, bidirectional, batch_first, dropout, training, backend,
-        nonlinearity=nonlinearity,
-    )  # fmt: skip
-    return output, states[0]
+    return _one_gate("rnn", input, hx, weights, hidden_size, num_layers, nonlinearity,
+                     bidirectional, batch_first, dropout, training, backend, input_size,
+                     recurrent=lambda w: w.weight_hh)  # fmt: skip
 
 
 def indrnn(
@@ -178,22 +166,51 @@ def indrnn(
     ``[-recurrent_max_abs, recurrent_max_abs]`` when that is set.
     Returns ``output, h_n``."""
     reported(lambda: check_indrnn_options(nonlinearity, recurrent_max_abs))
+
+    def recurrent(w: IndRNNWeights) -> Tensor:  # u, clamped when recurrent_max_abs is set
+        if recurrent_max_abs is None:
+            return w.weight_hh
+        return w.weight_hh.clamp(-recurrent_max_abs, recurrent_max_abs)
+
+    return _one_gate("indrnn", input, hx, weights, hidden_size, num_layers, nonlinearity,
+                     bidirectional, batch_first, dropout, training, backend, input_size,
+                     recurrent=recurrent, recurrent_max_abs=recurrent_max_abs)  # fmt: skip
+
+
+def _one_gate(
+    cell: str,
+    input: Tensor | PackedSequence,
+    hx: Tensor | None,
+    weights: Sequence[Sequence[Tensor | None]],
+    hidden_size: int,
+    num_layers: int,
+    nonlinearity: str,
+    bidirectional: bool,
+    batch_first: bool,
+    dropout: float,
+    training: bool,
+    backend: str | None,
+    input_size: int | None,
+    recurrent: Callable[[Any], Tensor],
+    **cell_options: Any,
+) -> tuple[Tensor | PackedSequence, Tensor]:
+    """The forward of a one-gate cell (``rnn``, ``indrnn``): the call checked, then the layer
+    stack with ``recurrent(weights)`` as each direction's recurrent weight (IndRNN's ``u``,
+    clamped; RNN's ``W_hh``). ``cell_options``: what only the ONNX export reads beyond the
+    nonlinearity (``_stack``)."""
     states = None if hx is None else (hx,)
-    reported(lambda: check_call("indrnn", input, states, weights, hidden_size, num_layers,
+    reported(lambda: check_call(cell, input, states, weights, hidden_size, num_layers,
                                 bidirectional, batch_first, input_size, None))  # fmt: skip
 
-    def direction(gx, states, w: IndRNNWeights, lengths, reverse, backend, selection):
-        u = w.weight_hh
-        if recurrent_max_abs is not None:
-            u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
-        y, hT = _forward("indrnn", gx, u, states[0], lengths, reverse, nonlinearity,
+    def direction(gx, states, w, lengths, reverse, backend, selection):
+        y, hT = _forward(cell, gx, recurrent(w), states[0], lengths, reverse, nonlinearity,
                          backend=backend, selection=selection)  # fmt: skip
         return y, (hT,)
 
     output, states = _stack(
-        "indrnn", direction, input, states, (hidden_size,), weights,
+        cell, direction, input, states, (hidden_size,), weights,
         num_layers, bidirectional, batch_first, dropout, training, backend,
-        nonlinearity=nonlinearity, recurrent_max_abs=recurrent_max_abs,
+        nonlinearity=nonlinearity, **cell_options,
     )  # fmt: skip
     return output, states[0]
 
